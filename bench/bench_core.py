@@ -1,0 +1,324 @@
+"""Core benchmarks: cohort against ipyparallel, Dask distributed, Ray and ProcessPoolExecutor.
+
+Run from the repository root (peers: ``pip install -r bench/requirements.txt``)::
+
+    python bench/bench_core.py                          # all five frameworks
+    python bench/bench_core.py --only cohort,ray --calls 2000 --mb 50 --json out.json
+
+Every framework gets 2 engines/workers on this machine and is measured in its
+own subprocess (killed, with its whole process session, after ``--timeout``
+seconds); the parent prints one table. Per framework:
+
+* start-up: seconds from nothing to 2 engines/workers ready. cohort,
+  ipyparallel and Dask: until the client sees 2 registered engines/workers
+  (``Cluster.__enter__`` + ``wait_for_engines(2)``, ``start_and_connect_sync`` +
+  ``wait_for_engines(2)``, ``LocalCluster`` + ``Client`` + ``wait_for_workers(2)``).
+  Ray and ProcessPoolExecutor have no registration step, so: until tasks have
+  run in 2 distinct worker processes.
+* latency: one trivial remote call (returns the int 1), 50 untimed warm-up
+  calls, then ``--calls`` sequential timed calls; median and p99 in microseconds.
+  cohort/ipyparallel ``view.apply_sync(f)``, Dask ``client.submit(f).result()``,
+  Ray ``ray.get(f.remote())`` (any worker), PPE ``ex.submit(f).result()``.
+* round trip: a ``--mb`` MB float64 array pushed to one engine and pulled back;
+  MB/s = MB / seconds, best and median of 5 timed repeats after one untimed
+  repeat whose result is checked with ``np.array_equal``. cohort/ipyparallel
+  ``push({'a': arr}, block=True)`` + ``pull('a', block=True)``; Dask
+  ``scatter(arr, workers=[w0], direct=True, hash=False)`` + ``gather(direct=True)``;
+  Ray ``ray.get(identity.remote(ray.put(arr)))``; PPE ``submit(identity, arr)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRAMEWORKS = {  # name -> module that must be importable
+    "cohort": "cohort", "ipyparallel": "ipyparallel", "dask": "distributed",
+    "ray": "ray", "processpool": "concurrent.futures",
+}
+N_WORKERS = 2
+WARMUP = 50
+REPEATS = 5
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+# --- functions shipped to engines/workers ------------------------------------------
+def _one():
+    return 1
+
+
+def _identity(x):
+    return x
+
+
+def _pid():
+    return os.getpid()
+
+
+# --- measurement helpers --------------------------------------------------------------
+def measure_latency(call, calls: int) -> dict:
+    for _ in range(WARMUP):
+        assert call() == 1
+    ts = np.empty(calls)
+    for i in range(calls):
+        t0 = time.perf_counter_ns()
+        call()
+        ts[i] = time.perf_counter_ns() - t0
+    ts /= 1e3
+    return {"lat_median_us": float(np.median(ts)), "lat_p99_us": float(np.percentile(ts, 99))}
+
+
+def measure_roundtrip(roundtrip, mb: int) -> dict:
+    arr = np.random.default_rng(0).random(mb * 1_000_000 // 8)
+    out = roundtrip(arr)  # untimed: warms up and checks correctness once
+    if not np.array_equal(out, arr):
+        raise AssertionError("pulled array differs from the pushed one")
+    del out
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        out = roundtrip(arr)
+        times.append(time.perf_counter() - t0)
+        del out
+    mbytes = arr.nbytes / 1e6
+    return {"mbps_best": mbytes / min(times), "mbps_median": mbytes / float(np.median(times)),
+            "roundtrip_s": times}
+
+
+def until_two_pids(run_pair) -> None:
+    """Run pairs of tasks until 2 distinct worker processes have run one."""
+    seen: set = set()
+    deadline = time.monotonic() + 120
+    while len(seen) < N_WORKERS:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(seen)} worker(s) ran a task")
+        seen.update(run_pair())
+
+
+# --- one runner per framework: returns {"version", "startup_s", latency..., roundtrip...}
+def run_cohort(args) -> dict:
+    import cohort
+    t0 = time.perf_counter()
+    cm = cohort.Cluster(n=N_WORKERS)
+    rc = cm.__enter__()
+    try:
+        rc.wait_for_engines(N_WORKERS, timeout=30)
+        res = {"version": cohort.__version__, "startup_s": time.perf_counter() - t0}
+        e0 = rc[0]
+        res.update(measure_latency(lambda: e0.apply_sync(_one), args.calls))
+
+        def roundtrip(a):
+            e0.push({"a": a}, block=True)
+            return e0.pull("a", block=True)
+        res.update(measure_roundtrip(roundtrip, args.mb))
+        return res
+    finally:
+        cm.__exit__(None, None, None)
+
+
+def run_ipyparallel(args) -> dict:
+    import ipyparallel as ipp
+    t0 = time.perf_counter()
+    cluster = ipp.Cluster(n=N_WORKERS)
+    rc = None
+    try:
+        rc = cluster.start_and_connect_sync()
+        rc.wait_for_engines(N_WORKERS, timeout=60)
+        res = {"version": ipp.__version__, "startup_s": time.perf_counter() - t0}
+        e0 = rc[0]
+        res.update(measure_latency(lambda: e0.apply_sync(_one), args.calls))
+
+        def roundtrip(a):
+            e0.push({"a": a}, block=True)
+            return e0.pull("a", block=True)
+        res.update(measure_roundtrip(roundtrip, args.mb))
+        return res
+    finally:
+        if rc is not None:
+            rc.close()
+        cluster.stop_cluster_sync()
+
+
+def run_dask(args) -> dict:
+    import distributed
+    from distributed import Client, LocalCluster
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=N_WORKERS, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    client = Client(cluster)
+    try:
+        client.wait_for_workers(N_WORKERS, timeout=60)
+        res = {"version": distributed.__version__, "startup_s": time.perf_counter() - t0}
+        res.update(measure_latency(lambda: client.submit(_one, pure=False).result(), args.calls))
+        w0 = sorted(client.scheduler_info()["workers"])[0]
+
+        def roundtrip(a):
+            fut = client.scatter(a, workers=[w0], direct=True, hash=False)
+            out = client.gather(fut, direct=True)
+            fut.release()
+            return out
+        res.update(measure_roundtrip(roundtrip, args.mb))
+        return res
+    finally:
+        client.close()
+        cluster.close()
+
+
+def run_ray(args) -> dict:
+    import ray
+    t0 = time.perf_counter()
+    ray.init(num_cpus=N_WORKERS, include_dashboard=False, log_to_driver=False)
+    try:
+        one, ident, pid = (ray.remote(f) for f in (_one, _identity, _pid))
+        until_two_pids(lambda: ray.get([pid.remote() for _ in range(N_WORKERS)]))
+        res = {"version": ray.__version__, "startup_s": time.perf_counter() - t0}
+        res.update(measure_latency(lambda: ray.get(one.remote()), args.calls))
+        res.update(measure_roundtrip(lambda a: ray.get(ident.remote(ray.put(a))), args.mb))
+        return res
+    finally:
+        ray.shutdown()
+
+
+def run_processpool(args) -> dict:
+    from concurrent.futures import ProcessPoolExecutor
+    t0 = time.perf_counter()
+    ex = ProcessPoolExecutor(N_WORKERS)
+    try:
+        until_two_pids(lambda: [f.result() for f in [ex.submit(_pid) for _ in range(N_WORKERS)]])
+        res = {"version": "python " + platform.python_version(),
+               "startup_s": time.perf_counter() - t0}
+        res.update(measure_latency(lambda: ex.submit(_one).result(), args.calls))
+        res.update(measure_roundtrip(lambda a: ex.submit(_identity, a).result(), args.mb))
+        return res
+    finally:
+        ex.shutdown(wait=True)
+
+
+def worker_main(args) -> None:
+    """Child process: measure one framework, write JSON to args._out."""
+    name = args._worker
+    try:
+        importlib.import_module(FRAMEWORKS[name])
+    except ImportError as e:
+        res = {"status": "not installed" if name != "cohort" else f"not importable: {e}"}
+    else:
+        try:
+            res = {"status": "ok", **globals()[f"run_{name}"](args)}
+        except Exception as e:  # report, don't crash the table
+            res = {"status": f"error: {type(e).__name__}: {e}"}
+    Path(args._out).write_text(json.dumps(res))
+
+
+# --- parent -----------------------------------------------------------------------
+def session_pids(sid: int) -> list[int]:
+    """Live processes in session `sid` (Linux /proc; empty elsewhere)."""
+    pids = []
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (p / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(p.name))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def run_one(name: str, args) -> dict:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    if name == "cohort" and (SRC / "cohort").is_dir():  # measure this checkout
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="bench_core_") as tmp:
+        out, logf = Path(tmp) / "result.json", Path(tmp) / "log.txt"
+        cmd = [sys.executable, __file__, "--_worker", name, "--_out", str(out),
+               "--calls", str(args.calls), "--mb", str(args.mb)]
+        t0 = time.monotonic()
+        with open(logf, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)  # its own session: easy cleanup
+            try:
+                proc.wait(timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        res = json.loads(out.read_text()) if out.exists() else \
+            {"status": f"timeout after {args.timeout} s" if proc.returncode == -signal.SIGKILL
+             else f"crashed (exit {proc.returncode})"}
+        if not res["status"] == "ok" and not res["status"].startswith("not "):
+            tail = logf.read_text(errors="replace")[-1500:]
+            print(f"--- {name} log tail ---\n{tail}", file=sys.stderr)
+        time.sleep(1)  # give daemons that are shutting down a moment
+        leftovers = session_pids(proc.pid)
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if leftovers:
+            res["leftover_processes_killed"] = len(leftovers)
+        res["wall_s"] = time.monotonic() - t0
+    return res
+
+
+def print_table(results: dict, mb: int) -> None:
+    cols = ["start-up s", "lat med µs", "lat p99 µs", f"{mb} MB MB/s best", "MB/s median"]
+    keys = ["startup_s", "lat_median_us", "lat_p99_us", "mbps_best", "mbps_median"]
+    fmts = ["{:.2f}", "{:.0f}", "{:.0f}", "{:.0f}", "{:.0f}"]
+    labels = {n: f"{n} {r.get('version', '')}".strip() for n, r in results.items()}
+    w0 = max([len("framework")] + [len(s) for s in labels.values()])
+    widths = [max(len(c), 10) for c in cols]
+    print("  ".join(["framework".ljust(w0)] + [c.rjust(w) for c, w in zip(cols, widths)]))
+    print("  ".join(["-" * w0] + ["-" * w for w in widths]))
+    for name, r in results.items():
+        if r["status"] == "ok":
+            cells = [f.format(r[k]).rjust(w) for k, f, w in zip(keys, fmts, widths)]
+            print("  ".join([labels[name].ljust(w0)] + cells))
+        else:
+            print(f"{labels[name].ljust(w0)}  {r['status'][:200]}")
+    for name, r in results.items():
+        if r.get("leftover_processes_killed"):
+            print(f"note: {name} left {r['leftover_processes_killed']} process(es); killed")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Frameworks: " + ", ".join(FRAMEWORKS))
+    ap.add_argument("--only", help="comma-separated frameworks to run (default: all)")
+    ap.add_argument("--calls", type=int, default=1000, help="timed latency calls (default 1000)")
+    ap.add_argument("--mb", type=int, default=100, help="array size in MB (default 100)")
+    ap.add_argument("--json", metavar="FILE", help="also save the results as JSON")
+    ap.add_argument("--timeout", type=float, default=300, help="per framework, s (default 300)")
+    ap.add_argument("--_worker", help=argparse.SUPPRESS)
+    ap.add_argument("--_out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._worker:
+        return worker_main(args)
+    names = [n.strip().lower() for n in args.only.split(",")] if args.only else list(FRAMEWORKS)
+    unknown = [n for n in names if n not in FRAMEWORKS]
+    if unknown:
+        ap.error(f"unknown framework(s) {unknown}; choose from {', '.join(FRAMEWORKS)}")
+    results = {}
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_one(name, args)
+    print_table(results, args.mb)
+    if args.json:
+        meta = {"python": platform.python_version(), "cpus": os.cpu_count(),
+                "platform": platform.platform(), "calls": args.calls, "mb": args.mb,
+                "workers": N_WORKERS, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

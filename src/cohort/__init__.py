@@ -1,0 +1,27 @@
+"""cohort: interactive, fault-tolerant parallel computing for Python.
+
+    import cohort
+    with cohort.Cluster(n=4) as rc:      # a local cluster for this script
+        dv = rc[:]
+        dv.map(pow, range(10), [2] * 10, block=True)
+
+    rc = cohort.Client()                 # or join one started with `cohort start`
+"""
+
+from . import errors
+from .client import AsyncResult, Client, DirectView
+from .cluster import Cluster
+from .errors import (CohortError, CompositeError, EngineError, NoEnginesError, RemoteError,
+                     TaskAborted, TimeoutError)
+
+__version__ = "0.1.0"
+
+
+def connect(connection_file=None, profile: str | None = None, **kwargs) -> Client:
+    """Connect to a running cluster (same as ``Client(...)``)."""
+    return Client(connection_file, profile=profile, **kwargs)
+
+
+__all__ = ["AsyncResult", "Client", "Cluster", "CohortError", "CompositeError", "DirectView",
+           "EngineError", "NoEnginesError", "RemoteError", "TaskAborted", "TimeoutError",
+           "connect", "errors"]

@@ -1,0 +1,239 @@
+"""The `cohort` command: start, stop and inspect clusters; run a controller or an engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from .profile import ConnectionInfo, profile_dir, resolve_connection_file
+
+EPILOG = """examples:
+  cohort start -n 4            controller + 4 engines here, in the background
+  cohort status                engines, clients, uptime
+  cohort stop                  stop what `cohort start` started
+  cohort engine --file F       start one engine that joins the cluster of connection file F
+"""
+
+
+def _fail(msg: str) -> int:
+    print(f"cohort: {msg}", file=sys.stderr)
+    return 1
+
+
+def _setup_logging(level: str, fmt_name: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format=f"%(asctime)s {fmt_name} %(levelname)s %(name)s: %(message)s")
+
+
+def _controller_alive(info: ConnectionInfo) -> bool:
+    from .procinfo import proc_starttime
+    return bool(info.controller_pid) and proc_starttime(info.controller_pid) is not None
+
+
+# --- commands ------------------------------------------------------------------
+def cmd_start(args) -> int:
+    from .cluster.local import Cluster
+    from .errors import ClusterStartError
+    cf = resolve_connection_file(None, args.profile)
+    if cf.exists():
+        try:
+            info = ConnectionInfo.read(cf)
+        except Exception:
+            info = None
+        if info is not None and _controller_alive(info):
+            return _fail(f"a cluster is already running in profile {_profile_name(args)} "
+                         f"(controller pid {info.controller_pid}, connection file {cf}); "
+                         f"`cohort stop` it first, or use --profile NAME for another")
+        cf.unlink()  # left by a cluster that died
+    t0 = time.monotonic()
+    cluster = Cluster(n=args.n, connection_file=cf, detached=True, ip=args.ip,
+                      log_level=args.log_level, start_timeout=args.timeout)
+    try:
+        rc = cluster.start()
+    except ClusterStartError as e:
+        return _fail(str(e))
+    n = len(rc.ids)
+    rc.close()
+    print(f"cluster started: controller pid {cluster.controller.pid}, {n} engines "
+          f"({time.monotonic() - t0:.2f} s)")
+    print(f"connection file: {cf}")
+    print(f"logs: {cluster.log_dir}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from .cluster.local import alive, stop_processes
+    folder = profile_dir(args.profile)
+    cf = resolve_connection_file(None, args.profile)
+    rec_path = folder / "cluster.json"
+    rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+    info = None
+    if cf.exists():
+        try:
+            info = ConnectionInfo.read(cf)
+        except Exception:
+            info = None
+    running = (info is not None and _controller_alive(info)) or \
+        (rec is not None and (alive(rec["controller"]) or any(alive(e) for e in rec["engines"])))
+    if not running:
+        for p in (cf, rec_path):
+            if p.exists():
+                p.unlink()
+        return _fail(f"no cluster is running in profile {_profile_name(args)}")
+    if info is not None and _controller_alive(info):
+        try:
+            from .client import Client
+            with Client(cf, timeout=3, stream_output=False) as rc:
+                rc.shutdown(controller=True)
+        except Exception as e:
+            print(f"cohort: the controller did not answer ({e}); stopping its processes",
+                  file=sys.stderr)
+    pids = []
+    if rec is not None:
+        pids = [r["pid"] for r in [rec["controller"], *rec["engines"]] if alive(r)]
+    elif info is not None and _controller_alive(info):
+        pids = [info.controller_pid]
+    stop_processes(pids, timeout=args.timeout)
+    for p in (cf, rec_path):
+        if p.exists():
+            p.unlink()
+    if info is not None:
+        from .wire import shm
+        shm.sweep(info.cluster_id)
+    n = len(rec["engines"]) if rec else 0
+    print(f"cluster stopped (profile {_profile_name(args)}"
+          + (f", {n} engines started by `cohort start`)" if rec else ")"))
+    return 0
+
+
+def cmd_status(args) -> int:
+    cf = resolve_connection_file(args.file, args.profile)
+    if not cf.exists():
+        return _fail(f"no cluster is running in profile {_profile_name(args)} (no {cf})")
+    info = ConnectionInfo.read(cf)
+    from .client import Client
+    from .errors import CohortError
+    try:
+        with Client(cf, timeout=args.timeout, stream_output=False) as rc:
+            st = rc.status()
+    except CohortError as e:
+        state = "alive" if _controller_alive(info) else "not running"
+        return _fail(f"the controller (pid {info.controller_pid}, {state}) does not answer: {e}")
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    print(f"controller: pid {st['pid']} on {st['host']}, up {_duration(st['uptime'])}, "
+          f"{st['clients'] - 1} other client(s), {st['tasks_pending']} task(s) pending")
+    print(f"connection file: {cf}")
+    engines = st["engines"]
+    print(f"engines: {len(engines)}")
+    if engines:
+        print(f"  {'id':>4}  {'host':<20} {'pid':>8}  {'state':<6} {'queue':>6} {'done':>8}")
+        for e in sorted(engines, key=lambda e: e["id"]):
+            print(f"  {e['id']:>4}  {e['host']:<20} {e['pid']:>8}  {e['state']:<6} "
+                  f"{e['queue']:>6} {e['completed']:>8}")
+    return 0
+
+
+def cmd_controller(args) -> int:
+    _setup_logging(args.log_level, "controller")
+    from .controller.hub import Controller
+    cf = resolve_connection_file(args.connection_file, args.profile)
+    info = None
+    if cf.exists():
+        info = ConnectionInfo.read(cf)
+        if _controller_alive(info) and info.controller_pid != os.getpid():
+            return _fail(f"a controller (pid {info.controller_pid}) already uses {cf}")
+        if args.ip:
+            info.ip = args.ip
+    if info is None:
+        info = ConnectionInfo.new(ip=args.ip or "127.0.0.1")
+    ctl = Controller(info, cf, hb_period=args.hb_period, hb_timeout=args.hb_timeout,
+                     window=args.window)
+    try:
+        ctl.bind()
+    except Exception as e:
+        return _fail(f"cannot bind the controller's sockets on {info.ip}: {e}")
+    ctl.run()
+    return 0
+
+
+def cmd_engine(args) -> int:
+    _setup_logging(args.log_level, "engine")
+    from .engine.kernel import run_engine
+    from .errors import ConnectionFileError
+    try:
+        return run_engine(resolve_connection_file(args.file, args.profile),
+                          controller_timeout=args.controller_timeout)
+    except ConnectionFileError as e:
+        return _fail(str(e))
+
+
+# --- parser --------------------------------------------------------------------
+def _profile_name(args) -> str:
+    return args.profile or os.environ.get("COHORT_PROFILE") or "default"
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cohort", description="Interactive, fault-tolerant parallel "
+                                "computing: a controller, engines (live Python namespaces) and clients.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, func, help_):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        sp.add_argument("--profile", help="profile name (default: $COHORT_PROFILE or 'default'); "
+                        "its folder is $COHORT_HOME/profile_NAME")
+        return sp
+
+    sp = add("start", cmd_start, "start a controller and engines on this machine, in the background")
+    sp.add_argument("-n", type=int, default=None, help="number of engines (default: one per core)")
+    sp.add_argument("--ip", default="127.0.0.1", help="address the controller binds (default 127.0.0.1)")
+    sp.add_argument("--timeout", type=float, default=60, help="seconds to wait for the engines (60)")
+    sp.add_argument("--log-level", default="INFO")
+
+    sp = add("stop", cmd_stop, "stop the cluster started by `cohort start`")
+    sp.add_argument("--timeout", type=float, default=5, help="seconds before stragglers are killed (5)")
+
+    sp = add("status", cmd_status, "show the controller, engines (id, host, pid, state, queue) and clients")
+    sp.add_argument("--file", help="connection file (default: the profile's)")
+    sp.add_argument("--timeout", type=float, default=5, help="seconds to wait for the controller (5)")
+    sp.add_argument("--json", action="store_true", help="print the raw status as JSON")
+
+    sp = add("controller", cmd_controller, "run a controller in the foreground")
+    sp.add_argument("--connection-file", help="where to write (or reuse) the connection file")
+    sp.add_argument("--ip", default=None, help="address to bind (default 127.0.0.1)")
+    sp.add_argument("--hb-period", type=float, default=0.5, help="seconds between heartbeats (0.5)")
+    sp.add_argument("--hb-timeout", type=float, default=2.5,
+                    help="seconds of silence after which an engine is dead (2.5)")
+    sp.add_argument("--window", type=int, default=8, help="tasks in flight per engine (8)")
+    sp.add_argument("--log-level", default="INFO")
+
+    sp = add("engine", cmd_engine, "run one engine in the foreground; it joins the cluster of --file")
+    sp.add_argument("--file", help="connection file (default: the profile's)")
+    sp.add_argument("--controller-timeout", type=float, default=30,
+                    help="exit after this many seconds without the controller's heartbeat (30)")
+    sp.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,189 @@
+"""AsyncResult: the future every cohort call returns at once."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as _FutureTimeout
+
+from ..errors import CompositeError, RemoteError, TimeoutError, error_from_content
+
+
+class AsyncResult(Future):
+    """The outcome of one call on one or more engines.
+
+    A `concurrent.futures.Future` (so `as_completed`, `wait` and callbacks
+    work) and awaitable. `get()` gives the value: for a call on one engine
+    (``rc[0]``) the plain value, for several a list in target order. Failed
+    engines raise a `RemoteError` (several: a `CompositeError` listing each).
+    """
+
+    def __init__(self, client, msg_ids: list, targets: list, kind: str,
+                 single: bool = False, reduce=None, payloads=()):
+        super().__init__()
+        self._client = client
+        self.msg_ids = list(msg_ids)
+        self.targets = list(targets)
+        self.kind = kind
+        self._single = single
+        self._reduce = reduce
+        self._payloads = payloads
+        n = len(self.msg_ids)
+        self._values = [None] * n
+        self._errors: list = [None] * n
+        self._headers: list = [None] * n
+        self._outputs = [{"stdout": [], "stderr": []} for _ in range(n)]
+        self._exec_results: list = [None] * n
+        self._left = n
+        self._lock = threading.Lock()
+        self.submitted = time.time()
+        self.received: float | None = None
+        if n == 0:
+            self._finish()
+
+    # --- delivery (client I/O thread) --------------------------------------
+    def _deliver(self, index: int, header: dict, content: dict, objects) -> None:
+        if header.get("status") == "ok":
+            self._values[index] = objects[0] if objects else None
+            if "execute_result" in content:
+                self._exec_results[index] = content["execute_result"]
+        else:
+            self._errors[index] = error_from_content(content, header.get("e"), self.msg_ids[index])
+        self._headers[index] = header
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._finish()
+
+    def _stream(self, index: int, name: str, text: str) -> None:
+        self._outputs[index][name].append(text)
+
+    def _finish(self) -> None:
+        self.received = time.time()
+        for p in self._payloads:
+            p.release()
+        self._payloads = ()
+        errors = [e for e in self._errors if e is not None]
+        if errors:
+            remote = [e for e in errors if isinstance(e, RemoteError)]
+            if len(errors) == 1 or len(remote) != len(errors):
+                self.set_exception(errors[0])
+            else:
+                self.set_exception(CompositeError(errors))
+            return
+        value = self._values[0] if self._single else list(self._values)
+        if self._reduce is not None:
+            try:
+                value = self._reduce(value)
+            except Exception as e:
+                self.set_exception(e)
+                return
+        self.set_result(value)
+
+    # --- the user's side ---------------------------------------------------
+    def get(self, timeout: float | None = None):
+        """The value, waiting up to `timeout` seconds (forever if None)."""
+        try:
+            return self.result(timeout)
+        except _FutureTimeout:
+            raise TimeoutError(f"{self!r} did not finish within {timeout} s (it is still "
+                               f"running; call get() again, or abort it)") from None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds; True if finished."""
+        try:
+            self.exception(timeout)
+        except _FutureTimeout:
+            return False
+        except Exception:
+            pass
+        return True
+
+    def ready(self) -> bool:
+        return self.done()
+
+    def successful(self) -> bool:
+        """True if finished without error (False while still running)."""
+        return self.done() and not self.cancelled() and self.exception(0) is None
+
+    def __await__(self):
+        return asyncio.wrap_future(self).__await__()
+
+    def abort(self) -> None:
+        """Drop this call's tasks that have not started yet."""
+        self._client.abort(self)
+
+    def get_dict(self, timeout: float | None = None) -> dict:
+        """{engine id: value} (waits like `get`)."""
+        self.wait(timeout)
+        if not self.done():
+            raise TimeoutError(f"{self!r} did not finish within {timeout} s")
+        if self.exception() is not None:
+            raise self.exception()
+        return dict(zip(self.targets, self._values))
+
+    # --- output and timings ------------------------------------------------
+    def _per_engine(self, values):
+        return values[0] if self._single else list(values)
+
+    @property
+    def stdout(self):
+        """Captured stdout: a string for one engine, else a list per engine."""
+        return self._per_engine(["".join(o["stdout"]) for o in self._outputs])
+
+    @property
+    def stderr(self):
+        return self._per_engine(["".join(o["stderr"]) for o in self._outputs])
+
+    @property
+    def execute_result(self):
+        """repr of the last expression of executed code, per engine."""
+        return self._per_engine(self._exec_results)
+
+    def _times(self, key):
+        return self._per_engine([h.get(key) if h else None for h in self._headers])
+
+    @property
+    def started(self):
+        return self._times("started")
+
+    @property
+    def completed(self):
+        return self._times("completed")
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from submission to the last result (or until now)."""
+        return (self.received or time.time()) - self.submitted
+
+    @property
+    def wall_time(self) -> float | None:
+        """Seconds from the first start to the last completion on the engines."""
+        hs = [h for h in self._headers if h]
+        if not hs:
+            return None
+        return max(h["completed"] for h in hs) - min(h["started"] for h in hs)
+
+    @property
+    def progress(self) -> int:
+        return len(self.msg_ids) - self._left
+
+    def display_outputs(self, file=None) -> None:
+        """Print each engine's captured output with an ``[stdout:ID]`` prefix."""
+        file = file or sys.stdout
+        for eid, out in zip(self.targets, self._outputs):
+            for name in ("stdout", "stderr"):
+                text = "".join(out[name])
+                if text:
+                    print(f"[{name}:{eid}] " + text.rstrip("\n").replace("\n", f"\n[{name}:{eid}] "),
+                          file=file)
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else f"{self.progress}/{len(self.msg_ids)} done"
+        if self.done() and self.exception() is not None:
+            state = "failed"
+        return f"<AsyncResult({self.kind}) {state} on engines {self.targets}>"

@@ -1,0 +1,299 @@
+"""Client: a connection to a controller, shared by any number of views."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+import zmq
+
+from ..errors import ControllerError, TimeoutError
+from ..profile import ConnectionInfo, resolve_connection_file
+from ..wire import InvalidMessage, Payload, Session, shm
+from .asyncresult import AsyncResult
+from .view import DirectView
+
+log = logging.getLogger(__name__)
+
+
+class Client:
+    """Connects to a running cluster's controller.
+
+    ``Client()`` reads the default profile's connection file; pass
+    `connection_file` (or `profile`) for another. Index it to get views:
+    ``rc[0]``, ``rc[:]``, ``rc[::2]``, ``rc[[1, 3]]``.
+
+    With `stream_output` (the default), what engines print is shown here as it
+    arrives, each line prefixed ``[stdout:ID]``; it is kept on the
+    AsyncResult either way.
+    """
+
+    def __init__(self, connection_file=None, profile: str | None = None, timeout: float = 10.0,
+                 stream_output: bool = True):
+        self.connection_file = resolve_connection_file(connection_file, profile)
+        self.info = ConnectionInfo.read(self.connection_file)
+        self.session = Session(self.info.key)
+        self.stream_output = stream_output
+        self._ctx = zmq.Context()
+        url = self.info.url("client")
+        self._send_sock = self._ctx.socket(zmq.DEALER)
+        self._send_sock.linger = 1000
+        self._send_sock.sndhwm = 0
+        self._send_sock.connect(url)
+        self._recv_sock = self._ctx.socket(zmq.DEALER)
+        self._recv_sock.identity = self.session.id.encode()
+        self._recv_sock.linger = 0
+        self._recv_sock.rcvhwm = 0
+        self._recv_sock.connect(url)
+        self._send_lock = threading.Lock()
+        self._pending: dict = {}      # task msg id -> (AsyncResult, index)
+        self._requests: dict = {}     # control request id -> Future-like AsyncResult
+        self._engines: dict = {}
+        self._engines_changed = threading.Condition()
+        self._closed = False
+        self.shm = shm.enable(self.info.cluster_id, self.info.shm_token)
+        self._connect(timeout)
+        self._thread = threading.Thread(target=self._io_loop, name="cohort-client-io", daemon=True)
+        self._thread.start()
+
+    def _connect(self, timeout: float) -> None:
+        frames = self.session.build("connect", {})
+        self._recv_sock.send_multipart(frames)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._recv_sock.poll(int(left * 1000)):
+                self._ctx.destroy(linger=0)
+                raise ControllerError(
+                    f"no controller answered at {self.info.url('client')} within {timeout:g} s "
+                    f"(connection file {self.connection_file}): is the cluster running? "
+                    f"`cohort status` tells")
+            try:
+                msg = self.session.unpack(self._recv_sock.recv_multipart(copy=False))
+            except InvalidMessage as e:
+                log.warning("dropped an invalid message (%s)", e)
+                continue
+            if msg.header["t"] == "reply":
+                for e in msg.content["engines"]:
+                    self._engines[e["id"]] = e
+                return
+
+    # --- I/O thread ---------------------------------------------------------
+    def _io_loop(self) -> None:
+        sock = self._recv_sock
+        while not self._closed:
+            try:
+                if not sock.poll(100):
+                    continue
+                frames = sock.recv_multipart(copy=False)
+            except zmq.ZMQError:
+                return
+            try:
+                msg = self.session.unpack(frames)
+                self._handle(msg)
+            except InvalidMessage as e:
+                log.warning("dropped an invalid message (%s)", e)
+            except Exception:
+                log.exception("error handling a message from the controller")
+
+    def _handle(self, msg) -> None:
+        hdr = msg.header
+        t = hdr["t"]
+        if t == "result":
+            entry = self._pending.pop(hdr["parent"], None)
+            if entry is None:
+                return
+            ar, i = entry
+            try:
+                objects = msg.objects()
+            except Exception as e:  # the value would not unpickle here
+                msg.content.update(status="error", ename=type(e).__name__,
+                                   evalue=f"the result could not be loaded on the client: {e}")
+                hdr["status"] = "error"
+                objects = ()
+            ar._deliver(i, hdr, msg.content, objects)
+        elif t == "stream":
+            entry = self._pending.get(hdr["parent"])
+            if entry is not None:
+                entry[0]._stream(entry[1], msg.content["name"], msg.content["text"])
+            if self.stream_output:
+                self._show(hdr.get("e"), msg.content["name"], msg.content["text"])
+        elif t == "reply":
+            fut = self._requests.pop(hdr["parent"], None)
+            if fut is not None:
+                fut.set_result(msg.content)
+        elif t == "engine_joined":
+            with self._engines_changed:
+                self._engines[msg.content["id"]] = msg.content
+                self._engines_changed.notify_all()
+        elif t == "engine_left":
+            with self._engines_changed:
+                self._engines.pop(msg.content["id"], None)
+                self._engines_changed.notify_all()
+
+    @staticmethod
+    def _show(eid, name: str, text: str) -> None:
+        out = sys.stderr if name == "stderr" else sys.stdout
+        prefix = f"[{name}:{eid}] "
+        body = text[:-1] if text.endswith("\n") else text
+        out.write(prefix + body.replace("\n", "\n" + prefix) + "\n")
+
+    # --- sending -------------------------------------------------------------
+    def _send(self, frames) -> None:
+        if self._closed:
+            raise ControllerError("this client is closed")
+        with self._send_lock:
+            self._send_sock.send_multipart(frames, copy=False)
+
+    def _submit(self, kind: str, targets: list, content=None, objects=(), single=False,
+                reduce=None, per_target=None) -> AsyncResult:
+        """Send one task per target engine; return their joint AsyncResult."""
+        shared = self._shared_payloads(objects, targets) if per_target is None and objects else {}
+        frames_list, ids = [], []
+        for eid in targets:
+            use_shm = self._shm_with(eid)
+            if per_target is not None:
+                payload = Payload(per_target[eid], shm_ok=use_shm)
+            else:
+                payload = shared.get(use_shm)
+            mid = self.session.msg_id()
+            frames_list.append(self.session.build(
+                kind, content, header={"id": mid, "target": eid, "rshm": self.shm}, payload=payload))
+            ids.append(mid)
+        ar = AsyncResult(self, ids, targets, kind, single=single, reduce=reduce,
+                         payloads=[p for p in shared.values() if p.shared])
+        for i, mid in enumerate(ids):
+            self._pending[mid] = (ar, i)
+        for frames in frames_list:
+            self._send(frames)
+        return ar
+
+    def _shm_with(self, eid) -> bool:
+        e = self._engines.get(eid)
+        return bool(self.shm and e is not None and e.get("shm"))
+
+    def _shared_payloads(self, objects, targets) -> dict:
+        """{True: payload for engines sharing our memory, False: for the rest}."""
+        n_shm = sum(self._shm_with(t) for t in targets)
+        out = {}
+        if n_shm:
+            out[True] = Payload(objects, shm_ok=True, shared=n_shm > 1)
+        if n_shm < len(targets):
+            out[False] = Payload(objects)
+        return out
+
+    def _request(self, msg_type: str, content=None, timeout: float = 10.0) -> dict:
+        from concurrent.futures import Future
+        fut: Future = Future()
+        mid = self.session.msg_id()
+        self._requests[mid] = fut
+        self._send(self.session.build(msg_type, content, header={"id": mid}))
+        try:
+            reply = fut.result(timeout)
+        except Exception:
+            raise TimeoutError(f"the controller did not answer {msg_type!r} within {timeout:g} s") \
+                from None
+        if "error" in reply:
+            raise ControllerError(reply["error"])
+        return reply
+
+    # --- the user's API -------------------------------------------------------
+    @property
+    def ids(self) -> list:
+        """Ids of the engines connected now, sorted."""
+        return sorted(self._engines)
+
+    @property
+    def engines(self) -> dict:
+        """{id: info} for the engines connected now (host, pid, state at join)."""
+        return dict(self._engines)
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def __getitem__(self, key) -> DirectView:
+        if isinstance(key, int):
+            return DirectView(self, key)
+        if isinstance(key, slice):
+            return DirectView(self, self.ids[key])
+        if isinstance(key, (list, tuple)):
+            return DirectView(self, list(key))
+        raise TypeError(f"index engines with an int, a slice or a list, not {type(key).__name__}")
+
+    def direct_view(self, targets="all", block: bool = False) -> DirectView:
+        """A view; ``"all"`` follows the engines connected at each call."""
+        return DirectView(self, targets, block=block)
+
+    def wait_for_engines(self, n: int, timeout: float | None = 60.0) -> list:
+        """Wait until at least `n` engines are connected; return their ids."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._engines_changed:
+            while len(self._engines) < n:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"only {len(self._engines)} of {n} engines connected "
+                                       f"within {timeout:g} s")
+                self._engines_changed.wait(left if left is None else min(left, 1.0))
+        return self.ids
+
+    def _target_list(self, targets) -> list | None:
+        if targets is None or targets == "all":
+            return None
+        if isinstance(targets, int):
+            return [targets]
+        return list(targets)
+
+    def interrupt(self, targets=None) -> list:
+        """Raise KeyboardInterrupt in the code running on `targets` (default: all)."""
+        return self._request("interrupt", {"targets": self._target_list(targets)})["interrupted"]
+
+    def abort(self, jobs=None, targets=None) -> int:
+        """Drop this client's tasks that have not started yet; their results raise TaskAborted.
+
+        `jobs`: AsyncResults or task ids (default: all of this client's tasks on `targets`).
+        """
+        ids = None
+        if jobs is not None:
+            ids = []
+            for j in jobs if isinstance(jobs, (list, tuple, set)) else [jobs]:
+                ids.extend(j.msg_ids if isinstance(j, AsyncResult) else [j])
+        reply = self._request("abort", {"ids": ids, "targets": self._target_list(targets)})
+        return reply["aborted"] + reply["asked"]
+
+    def queue_status(self, targets=None) -> dict:
+        """{engine id: {"queue", "inflight", "completed", "failed"}}."""
+        st = self._request("queue_status", {"targets": self._target_list(targets)})["status"]
+        return {int(k): v for k, v in st.items()}
+
+    def status(self) -> dict:
+        """The controller's view: engines, clients, uptime."""
+        return self._request("status")
+
+    def shutdown(self, targets=None, controller: bool = False) -> dict:
+        """Stop engines (default: all); with `controller`, the controller too."""
+        return self._request("shutdown", {"targets": self._target_list(targets),
+                                          "controller": controller})
+
+    def close(self) -> None:
+        """Disconnect; running tasks go on, their results are dropped."""
+        if self._closed:
+            return
+        try:
+            self._send(self.session.build("disconnect", {}))
+        except Exception:
+            pass
+        self._closed = True
+        self._thread.join(1.0)
+        self._ctx.destroy(linger=200)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<cohort.Client {len(self._engines)} engines, {self.connection_file}>"
+

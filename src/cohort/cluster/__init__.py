@@ -1,0 +1,5 @@
+"""Starting clusters: controller and engines as processes."""
+
+from .local import Cluster
+
+__all__ = ["Cluster"]

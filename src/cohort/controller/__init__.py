@@ -1,0 +1,1 @@
+"""The controller: hub loop and its pure bookkeeping."""

@@ -1,0 +1,169 @@
+"""The controller's bookkeeping as pure logic: events in, decisions out.
+
+No sockets here. The hub (`hub.py`) feeds events (an engine registered, a task
+arrived, a result came back, an engine died) and carries out what comes back
+(tasks to send now, tasks to fail). Direct tasks queue per engine at the
+controller; at most `window` of them are in flight on an engine at once, so a
+finished task is followed at once by the next without a round trip, and
+`abort` can drop queued ones without asking the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+
+class EngineRecord:
+    __slots__ = ("id", "ident", "uuid", "host", "pid", "starttime", "local", "registered",
+                 "last_beat", "queue", "inflight", "completed", "failed", "info")
+
+    def __init__(self, eid: int, uuid: str, info: dict, local: bool = False):
+        self.id = eid
+        self.uuid = uuid
+        self.ident = uuid.encode()
+        self.host = info.get("host", "?")
+        self.pid = info.get("pid", 0)
+        self.starttime = info.get("starttime")
+        self.local = local
+        self.registered = time.time()
+        self.last_beat = time.monotonic()
+        self.queue: deque = deque()   # TaskRecords waiting at the controller
+        self.inflight: dict = {}      # msg_id -> TaskRecord sent to the engine
+        self.completed = 0
+        self.failed = 0
+        self.info = info
+
+    @property
+    def state(self) -> str:
+        return "busy" if self.inflight else "idle"
+
+    def summary(self) -> dict:
+        return {"id": self.id, "uuid": self.uuid, "host": self.host, "pid": self.pid,
+                "state": self.state, "queue": len(self.queue) + len(self.inflight),
+                "completed": self.completed, "failed": self.failed,
+                "registered": self.registered, "shm": bool(self.info.get("shm"))}
+
+
+class TaskRecord:
+    __slots__ = ("id", "client", "engine", "frames", "submitted")
+
+    def __init__(self, msg_id: str, client: bytes, engine: int, frames):
+        self.id = msg_id
+        self.client = client
+        self.engine = engine
+        self.frames = frames
+        self.submitted = time.time()
+
+
+class HubState:
+    """Engines, their queues and the tasks in them."""
+
+    def __init__(self, window: int = 8):
+        self.window = window
+        self.engines: dict[int, EngineRecord] = {}
+        self.by_uuid: dict[str, int] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        self._next_id = 0
+        self.started = time.time()
+
+    # --- engines -----------------------------------------------------------
+    def register(self, uuid: str, info: dict, local: bool = False) -> EngineRecord:
+        if uuid in self.by_uuid:  # a re-sent registration: same engine, same id
+            return self.engines[self.by_uuid[uuid]]
+        eid = self._next_id
+        self._next_id += 1
+        rec = EngineRecord(eid, uuid, info, local)
+        self.engines[eid] = rec
+        self.by_uuid[uuid] = eid
+        return rec
+
+    def engine_by_uuid(self, uuid: str) -> EngineRecord | None:
+        eid = self.by_uuid.get(uuid)
+        return None if eid is None else self.engines.get(eid)
+
+    def remove_engine(self, eid: int) -> tuple[list, list]:
+        """Forget an engine; return (tasks that were running or sent, tasks queued)."""
+        rec = self.engines.pop(eid, None)
+        if rec is None:
+            return [], []
+        self.by_uuid.pop(rec.uuid, None)
+        sent = list(rec.inflight.values())
+        queued = list(rec.queue)
+        for t in sent:
+            self.tasks.pop(t.id, None)
+        for t in queued:
+            self.tasks.pop(t.id, None)
+        return sent, queued
+
+    def beat(self, uuid: str, now: float) -> None:
+        eid = self.by_uuid.get(uuid)
+        if eid is not None:
+            self.engines[eid].last_beat = now
+
+    def silent_engines(self, now: float, timeout: float) -> list[int]:
+        return [e.id for e in self.engines.values() if now - e.last_beat > timeout]
+
+    # --- tasks -------------------------------------------------------------
+    def submit(self, task: TaskRecord) -> bool:
+        """Queue a task; True if it should be sent to its engine now."""
+        rec = self.engines.get(task.engine)
+        if rec is None:
+            raise KeyError(task.engine)
+        self.tasks[task.id] = task
+        if len(rec.inflight) < self.window and not rec.queue:
+            rec.inflight[task.id] = task
+            return True
+        rec.queue.append(task)
+        return False
+
+    def complete(self, eid: int, msg_id: str, ok: bool = True) -> tuple[TaskRecord | None, list]:
+        """A result arrived; return (its task or None if unknown, tasks to send next)."""
+        task = self.tasks.pop(msg_id, None)
+        rec = self.engines.get(eid)
+        if rec is None:
+            return task, []
+        if task is not None:
+            rec.inflight.pop(msg_id, None)
+            if ok:
+                rec.completed += 1
+            else:
+                rec.failed += 1
+        nxt = []
+        while rec.queue and len(rec.inflight) < self.window:
+            t = rec.queue.popleft()
+            rec.inflight[t.id] = t
+            nxt.append(t)
+        return task, nxt
+
+    def abort(self, client: bytes, ids=None, targets=None) -> tuple[list, dict]:
+        """Drop the client's queued tasks (all, or those in `ids`, on `targets`).
+
+        Returns (tasks removed from controller queues, {engine id: [ids sent
+        to it that the engine must be asked to skip]}).
+        """
+        wanted = set(ids) if ids else None
+        engines = [self.engines[t] for t in targets if t in self.engines] \
+            if targets is not None else list(self.engines.values())
+        dropped, ask = [], {}
+        for rec in engines:
+            keep = deque()
+            for t in rec.queue:
+                if t.client == client and (wanted is None or t.id in wanted):
+                    dropped.append(t)
+                    self.tasks.pop(t.id, None)
+                else:
+                    keep.append(t)
+            rec.queue = keep
+            sent = [t.id for t in rec.inflight.values()
+                    if t.client == client and (wanted is None or t.id in wanted)]
+            if sent:
+                ask[rec.id] = sent
+        return dropped, ask
+
+    def queue_status(self, targets=None) -> dict:
+        engines = self.engines.values() if targets is None else \
+            [self.engines[t] for t in targets if t in self.engines]
+        out = {e.id: {"queue": len(e.queue), "inflight": len(e.inflight),
+                      "completed": e.completed, "failed": e.failed} for e in engines}
+        return out

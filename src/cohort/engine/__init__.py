@@ -1,0 +1,1 @@
+"""The engine: a live namespace serving tasks."""

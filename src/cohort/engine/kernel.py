@@ -1,0 +1,351 @@
+"""The engine: one live Python namespace serving tasks from the controller.
+
+Threads:
+
+* main — receives tasks in order and runs them (user code runs here, so
+  ``KeyboardInterrupt`` from `interrupt` lands where it should);
+* control — answers ``interrupt``, ``abort`` and ``shutdown`` at once, even
+  while the main thread is busy, and watches the controller's heartbeat;
+* heart — a zmq device echoing heartbeats in C, off the GIL;
+* output — flushes captured stdout/stderr while a task runs.
+
+All outgoing messages share one socket under a lock, so a task's output
+always reaches the controller before its result.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import linecache
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import types
+import uuid as uuidlib
+
+import zmq
+from zmq.devices import ThreadDevice
+
+from ..procinfo import proc_starttime
+from ..profile import ConnectionInfo
+from ..wire import InvalidMessage, Session, shm
+from .capture import OutputCapture
+
+log = logging.getLogger(__name__)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class EngineStartError(Exception):
+    pass
+
+
+class Engine:
+    """Connects to a controller, registers, then serves tasks until told to stop."""
+
+    def __init__(self, info: ConnectionInfo, controller_timeout: float = 30.0,
+                 register_timeout: float = 30.0):
+        self.info = info
+        self.session = Session(info.key)
+        self.uuid = uuidlib.uuid4().hex
+        self.id: int | None = None
+        self.controller_timeout = controller_timeout
+        self.register_timeout = register_timeout
+        self.ns: dict = {"__name__": "__main__", "__builtins__": builtins}
+        self.ctx = zmq.Context()
+        self._out_lock = threading.Lock()
+        self._task_lock = threading.Lock()  # guards current/aborted against the control thread
+        self.current: str | None = None
+        self._in_user = False
+        self.aborted: set = set()
+        self._stop = threading.Event()
+        self._cell = 0
+        self.shm = False
+
+    # --- connection --------------------------------------------------------
+    def _dealer(self, ident: str, url: str) -> zmq.Socket:
+        s = self.ctx.socket(zmq.DEALER)
+        s.identity = ident.encode()
+        s.linger = 1000
+        s.sndhwm = 0
+        s.rcvhwm = 0
+        s.connect(url)
+        return s
+
+    def connect(self) -> None:
+        info = self.info
+        self.heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
+        self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
+        self.heart.connect_in(info.url("hb_ping"))
+        self.heart.setsockopt_out(zmq.IDENTITY, self.uuid.encode())
+        self.heart.connect_out(info.url("hb_pong"))
+        self.heart.daemon = True
+        self.heart.start()
+        url = info.url("engine")
+        self.task_sock = self._dealer(self.uuid, url)
+        self.out_sock = self._dealer(self.uuid + ".o", url)
+        self.ctl_sock = self._dealer(self.uuid + ".c", url)
+        self.ping_sub = self.ctx.socket(zmq.SUB)
+        self.ping_sub.linger = 0
+        self.ping_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.ping_sub.connect(info.url("hb_ping"))
+        # the control socket first, so the controller can reach it once we are registered
+        self._handshake(self.ctl_sock, "hello", {}, "welcome")
+        self.shm = shm.enable(info.cluster_id, info.shm_token)
+        reg = {"host": socket.gethostname(), "pid": os.getpid(),
+               "starttime": proc_starttime(os.getpid()), "python": sys.version.split()[0],
+               "cwd": os.getcwd(), "shm": self.shm}
+        reply = self._handshake(self.task_sock, "register", reg, "registered")
+        self.id = reply.content["id"]
+        log.info("registered as engine %d with controller at %s", self.id, info.url("engine"))
+
+    def _handshake(self, sock, msg_type, content, expect):
+        deadline = time.monotonic() + self.register_timeout
+        while time.monotonic() < deadline:
+            sock.send_multipart(self.session.build(msg_type, content))
+            if sock.poll(1000):
+                try:
+                    msg = self.session.unpack(sock.recv_multipart(copy=False))
+                except InvalidMessage as e:
+                    log.warning("dropped an invalid message (%s)", e)
+                    continue
+                if msg.header["t"] == expect:
+                    return msg
+        raise EngineStartError(
+            f"no controller answered at {self.info.url('engine')} within "
+            f"{self.register_timeout:g} s: is it running, and is this the right connection file?")
+
+    def send(self, msg_type: str, content=None, objects=(), header=None, shm_ok=False) -> None:
+        frames = self.session.build(msg_type, content, objects, header, shm_ok=shm_ok)
+        with self._out_lock:
+            self.out_sock.send_multipart(frames, copy=False)
+
+    # --- main loop ---------------------------------------------------------
+    def serve(self) -> None:
+        self.capture = OutputCapture(self._send_stream)
+        sys.stdout, sys.stderr = self.capture.stdout, self.capture.stderr
+        self._main_ident = threading.get_ident()
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        ctl = threading.Thread(target=self._control_loop, name="cohort-control", daemon=True)
+        ctl.start()
+        poller = zmq.Poller()
+        poller.register(self.task_sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not poller.poll(200):
+                        continue
+                    frames = self.task_sock.recv_multipart(copy=False)
+                except KeyboardInterrupt:  # an interrupt that arrived between tasks
+                    continue
+                try:
+                    msg = self.session.unpack(frames)
+                except InvalidMessage as e:
+                    log.warning("dropped an invalid message (%s)", e)
+                    continue
+                try:
+                    self.run_task(msg)
+                except KeyboardInterrupt:
+                    log.info("interrupt arrived after the task finished; ignored")
+        finally:
+            self.close()
+
+    def run_task(self, msg) -> None:
+        hdr = msg.header
+        if hdr["t"] == "registered":
+            return
+        task_id = hdr["id"]
+        with self._task_lock:
+            if task_id in self.aborted:
+                self.aborted.discard(task_id)
+                return
+            self.current = task_id
+        client = hdr["s"]
+        self.capture.parent = {"parent": task_id, "c": client, "e": self.id}
+        started = time.time()
+        content, objects = {"status": "ok"}, ()
+        try:
+            self._in_user = True
+            t = hdr["t"]
+            if t == "apply":
+                objects = (self._apply(msg),)
+            elif t == "execute":
+                value = self.execute(msg.content["code"])
+                if value is not None:
+                    content["execute_result"] = _safe_repr(value)
+            elif t == "push":
+                self.ns.update(msg.objects()[0])
+            elif t == "pull":
+                objects = (self._pull(msg.content["names"]),)
+            else:
+                raise ValueError(f"unknown task type {t!r}")
+            self._in_user = False
+        except BaseException as e:  # user errors, KeyboardInterrupt and SystemExit alike
+            self._in_user = False
+            content, objects = self._error_content(e), ()
+        self.capture.flush()
+        header = {"parent": task_id, "e": self.id, "c": client, "status": content["status"],
+                  "started": started, "completed": time.time()}
+        shm_ok = self.shm and hdr.get("rshm", False)
+        try:
+            self.send("result", content, objects, header, shm_ok=shm_ok)
+        except Exception as e:  # the result would not serialize
+            err = self._error_content(e)
+            err["evalue"] = f"the result could not be sent back: {err['evalue']}"
+            header["status"] = "error"
+            self.send("result", err, (), header)
+        # only now: an abort racing with this task must not claim it (its result is sent)
+        with self._task_lock:
+            self.current = None
+
+    def _apply(self, msg):
+        f, args, kwargs = msg.objects()[0]
+        if isinstance(f, types.FunctionType) and f.__module__ == "__main__":
+            # defined interactively: see the engine's namespace, the client's globals filling gaps
+            g = dict(f.__globals__)
+            g.update(self.ns)
+            shipped = f
+            f = types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
+            f.__kwdefaults__ = shipped.__kwdefaults__
+        return f(*args, **kwargs)
+
+    def _pull(self, names):
+        single = isinstance(names, str)
+        values = []
+        for n in ([names] if single else names):
+            try:
+                values.append(self.ns[n])
+            except KeyError:
+                raise NameError(f"name {n!r} is not defined on engine {self.id}") from None
+        return values[0] if single else values
+
+    def execute(self, code: str):
+        """Run a code string in the namespace; return the last expression's value."""
+        self._cell += 1
+        filename = f"<cohort-{self.id}-{self._cell}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        tree = ast.parse(code, filename)
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, filename, "exec"), self.ns)
+        if last is not None:
+            return eval(compile(last, filename, "eval"), self.ns)
+        return None
+
+    def _error_content(self, e: BaseException) -> dict:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
+            tb = tb.tb_next  # hide the engine's own frames
+        text = "".join(traceback.format_exception(type(e), e, tb))
+        return {"status": "error", "ename": type(e).__name__, "evalue": str(e),
+                "traceback": text, "engine": self.id}
+
+    def _send_stream(self, name: str, text: str, parent: dict) -> None:
+        self.send("stream", {"name": name, "text": text}, (), parent)
+
+    # --- control thread ----------------------------------------------------
+    def _control_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.ctl_sock, zmq.POLLIN)
+        poller.register(self.ping_sub, zmq.POLLIN)
+        last_ping = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                events = dict(poller.poll(500))
+            except zmq.ZMQError:  # sockets closed at exit
+                return
+            now = time.monotonic()
+            if self.ping_sub in events:
+                while self.ping_sub.poll(0):
+                    self.ping_sub.recv()
+                last_ping = now
+            elif now - last_ping > self.controller_timeout:
+                log.error("no heartbeat from the controller for %g s; engine %s exits",
+                          self.controller_timeout, self.id)
+                self._shutdown()
+                return
+            if self.ctl_sock in events:
+                try:
+                    msg = self.session.unpack(self.ctl_sock.recv_multipart(copy=False))
+                except InvalidMessage as e:
+                    log.warning("dropped an invalid control message (%s)", e)
+                    continue
+                t = msg.header["t"]
+                if t == "interrupt":
+                    self.interrupt()
+                elif t == "abort":
+                    self._abort(msg.content.get("ids", ()))
+                elif t == "shutdown":
+                    self._shutdown()
+                    return
+
+    def _on_sigint(self, signum, frame) -> None:
+        """Raise KeyboardInterrupt only inside a task's code, never in the engine's own."""
+        if self._in_user and frame is not None and frame.f_code is not _RUN_TASK_CODE:
+            raise KeyboardInterrupt
+
+    def interrupt(self) -> None:
+        with self._task_lock:
+            busy = self.current is not None
+        if busy:
+            signal.pthread_kill(self._main_ident, signal.SIGINT)
+
+    def _abort(self, ids) -> None:
+        """Skip tasks sent to us that have not started (the controller knows which were sent)."""
+        done = []
+        with self._task_lock:
+            for i in ids:
+                if i != self.current:
+                    self.aborted.add(i)
+                    done.append(i)
+        # a task that already finished is reported by its result first; the controller ignores the rest
+        self.send("aborted", {"ids": done}, (), {"e": self.id})
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        self.interrupt()
+        timer = threading.Timer(5.0, os._exit, (0,))
+        timer.daemon = True
+        timer.start()
+
+    def close(self) -> None:
+        try:
+            self.capture.flush()
+            self.capture.close()
+            if self.id is not None:
+                self.send("unregister", {}, (), {"e": self.id})
+        except Exception:
+            pass
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        self.ctx.destroy(linger=1000)
+
+
+_RUN_TASK_CODE = Engine.run_task.__code__
+
+
+def _safe_repr(value) -> str:
+    try:
+        return repr(value)
+    except Exception as e:
+        return f"<repr failed: {e!r}>"
+
+
+def run_engine(connection_file, controller_timeout: float = 30.0) -> int:
+    """Entry point of `cohort engine`."""
+    info = ConnectionInfo.read(connection_file)
+    engine = Engine(info, controller_timeout=controller_timeout)
+    try:
+        engine.connect()
+    except EngineStartError as e:
+        log.error("%s", e)
+        engine.ctx.destroy(linger=0)
+        return 1
+    engine.serve()
+    return 0

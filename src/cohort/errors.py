@@ -1,0 +1,119 @@
+"""Every public error cohort raises, each saying what went wrong and what to do."""
+
+from __future__ import annotations
+
+import builtins
+
+
+class CohortError(Exception):
+    """Base class of all cohort errors."""
+
+
+class ConnectionFileError(CohortError):
+    """The connection file is missing, unreadable or malformed."""
+
+
+class ClusterAlreadyRunning(CohortError):
+    """`cohort start` found a cluster already running in this profile."""
+
+
+class NoClusterRunning(CohortError):
+    """There is no running cluster in this profile."""
+
+
+class ClusterStartError(CohortError):
+    """A controller or engine did not come up."""
+
+
+class TimeoutError(CohortError, builtins.TimeoutError):
+    """A wait ran out of time; the work may still finish later."""
+
+
+class NoEnginesError(CohortError):
+    """No engine is connected (or none of the requested targets is)."""
+
+
+class ControllerError(CohortError):
+    """The controller refused a request or could not be reached."""
+
+
+class TaskAborted(CohortError):
+    """The task was dropped from its queue by `Client.abort` before it ran."""
+
+
+class EngineError(CohortError):
+    """The engine running (or queued to run) a task died or left.
+
+    `engine_id` names it. The task's outcome is unknown; resubmit it if it is
+    safe to run twice.
+    """
+
+    def __init__(self, message: str, engine_id: int | None = None):
+        super().__init__(message)
+        self.engine_id = engine_id
+
+
+class RemoteError(CohortError):
+    """An exception raised by user code on an engine.
+
+    Carries the engine id, the remote exception's type name and message, and
+    the full remote traceback as text.
+    """
+
+    def __init__(self, engine_id: int | None, ename: str, evalue: str,
+                 traceback: str = "", task_id: str | None = None):
+        super().__init__(engine_id, ename, evalue, traceback)
+        self.engine_id = engine_id
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
+        head = f"{where}{self.ename}: {self.evalue}"
+        if self.traceback:
+            return f"{head}\n{self.traceback.rstrip()}"
+        return head
+
+    def __reduce__(self):
+        return (type(self), (self.engine_id, self.ename, self.evalue,
+                             self.traceback, self.task_id))
+
+
+class CompositeError(RemoteError):
+    """Several engines failed in one call; `errors` holds each one's RemoteError."""
+
+    def __init__(self, errors: list):
+        self.errors = list(errors)
+        first = self.errors[0]
+        RemoteError.__init__(self, first.engine_id, first.ename, first.evalue,
+                             first.traceback, first.task_id)
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.errors)} engines raised exceptions:"]
+        for err in self.errors:
+            lines.append(str(err))
+        return "\n".join(lines)
+
+    def __reduce__(self):
+        return (type(self), (self.errors,))
+
+    def raise_first(self):
+        """Raise the first engine's error on its own."""
+        raise self.errors[0]
+
+
+def error_from_content(content: dict, engine_id: int | None = None,
+                       task_id: str | None = None) -> Exception:
+    """Build the client-side exception for a failed task's reply content."""
+    ename = content.get("ename", "Error")
+    evalue = content.get("evalue", "")
+    eid = content.get("engine", engine_id)
+    if ename == "TaskAborted":
+        return TaskAborted(evalue)
+    if ename == "EngineError":
+        return EngineError(evalue, eid)
+    if ename == "NoEnginesError":
+        return NoEnginesError(evalue)
+    return RemoteError(eid, ename, evalue, content.get("traceback", ""), task_id)

@@ -1,0 +1,249 @@
+"""Message framing and signing.
+
+A message on the wire is a multipart ZeroMQ message::
+
+    [*routing_ids, DELIM, signature, header, content, *buffers]
+
+* ``header`` and ``content`` are msgpack maps. The header holds the message
+  id (``id``), type (``t``), sender session (``s``), routing fields, and
+  ``parts``: how many frames each serialized object in ``buffers`` spans.
+* ``buffers`` are the frames of zero or more serialized objects (see
+  `serialize`): per object a pickle stream, then its raw out-of-band buffers.
+* ``signature`` is HMAC-SHA256 over header, content and every pickle stream,
+  keyed with the cluster key. Raw out-of-band buffers (array memory) are not
+  hashed, so a 100 MB array costs no hashing; they can only ever be read as
+  data, never executed, and their exact lengths are signed in the header
+  (``blen``), so nothing can be swapped in without the key.
+
+A message that is unsigned, mis-signed, truncated or undecodable raises
+`InvalidMessage`; the receiving loop logs and drops it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import os
+import time
+from hashlib import sha256
+
+import msgpack
+
+from . import shm
+from .serialize import deserialize, serialize
+
+DELIM = b"<COHORT>"
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
+
+
+class InvalidMessage(Exception):
+    """A message that failed framing, signature or decoding checks."""
+
+
+def new_id() -> str:
+    return os.urandom(8).hex()
+
+
+class Message:
+    """A received, verified message. `frames` keeps the raw parts (from the
+    delimiter on) so a message can be forwarded without re-signing."""
+
+    __slots__ = ("idents", "header", "content", "buffers", "frames")
+
+    def __init__(self, idents, header, content, buffers, frames):
+        self.idents = idents
+        self.header = header
+        self.content = content
+        self.buffers = buffers
+        self.frames = frames
+
+    @property
+    def type(self) -> str:
+        return self.header["t"]
+
+    @property
+    def id(self) -> str:
+        return self.header["id"]
+
+    def objects(self) -> list:
+        """Deserialize the objects carried in the buffers.
+
+        Buffers sent through shared memory are mapped here (and unlinked,
+        unless the sender keeps them for other receivers), so a process that
+        only forwards a message never touches them.
+        """
+        out = []
+        pos = 0
+        bufs = self.buffers
+        if "shm" in self.header:
+            try:
+                bufs = shm.restore(bufs, self.header["shm"], not self.header.get("shm_keep"))
+            except (OSError, ValueError, TypeError) as e:
+                raise InvalidMessage(f"shared-memory buffer unavailable: {e}") from None
+        for n in self.header.get("parts", ()):
+            out.append(deserialize(bufs[pos:pos + n]))
+            pos += n
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Message {self.header.get('t')} id={self.header.get('id')}>"
+
+
+class Session:
+    """Signs and verifies messages with one key; names this process's messages."""
+
+    def __init__(self, key: bytes, session_id: str | None = None):
+        if isinstance(key, str):
+            key = key.encode()
+        if not key:
+            raise ValueError("a cluster key is required to sign messages")
+        self.key = key
+        self.id = session_id or new_id()
+        self._counter = itertools.count()
+        self._hmac = hmac.new(key, digestmod=sha256)
+
+    def msg_id(self) -> str:
+        return f"{self.id}-{next(self._counter)}"
+
+    def _sign(self, parts) -> bytes:
+        h = self._hmac.copy()
+        for p in parts:
+            h.update(p)
+        return h.digest()
+
+    def build(self, msg_type: str, content: dict | None = None, objects=(),
+              header: dict | None = None, shm_ok: bool = False,
+              payload: "Payload | None" = None) -> list:
+        """Frames (without routing ids) for a message carrying `objects`.
+
+        A prepared `payload` sends already-serialized objects (one payload to
+        many engines). With `shm_ok`, large raw buffers go through shared memory.
+        """
+        if payload is None and objects:
+            payload = Payload(objects, shm_ok=shm_ok)
+        hdr = {"id": self.msg_id(), "t": msg_type, "s": self.id, "ts": time.time()}
+        if header:
+            hdr.update(header)
+        bufs = ()
+        if payload is not None and payload.bufs:
+            bufs = payload.bufs
+            hdr["parts"] = payload.parts
+            hdr["blen"] = payload.blen
+            if payload.shm:
+                hdr["shm"] = payload.shm
+                if payload.shared:
+                    hdr["shm_keep"] = True
+        return self.frames_for(hdr, content, bufs)
+
+    def frames_for(self, header: dict, content: dict | None, bufs=()) -> list:
+        h = _packb(header)
+        c = _packb(content or {})
+        signed = [h, c]
+        signed.extend(bufs[i] for i in stream_indices(header.get("parts", ())))
+        return [DELIM, self._sign(signed), h, c, *bufs]
+
+    def unpack(self, frames, route: bool = True) -> Message:
+        """Verify and decode a received frame list (zmq Frames or bytes)."""
+        try:
+            pos = _find_delim(frames) if route else 0
+        except ValueError:
+            raise InvalidMessage("no delimiter frame") from None
+        idents = [_bytes(f) for f in frames[:pos]]
+        rest = frames[pos + 1:]
+        if len(rest) < 3:
+            raise InvalidMessage(f"truncated message ({len(rest)} frames after the delimiter)")
+        sig, h, c = _bytes(rest[0]), _bytes(rest[1]), _bytes(rest[2])
+        bufs = [_view(f) for f in rest[3:]]
+        try:
+            header = _unpackb(h)
+            if not isinstance(header, dict):
+                raise InvalidMessage("header is not a map")
+            parts = header.get("parts", ())
+            signed = [h, c]
+            signed.extend(bufs[i] for i in stream_indices(parts))
+        except InvalidMessage:
+            raise
+        except Exception as e:  # bad msgpack, bad parts
+            raise InvalidMessage(f"undecodable header: {e}") from None
+        if not hmac.compare_digest(sig, self._sign(signed)):
+            raise InvalidMessage("bad signature")
+        blen = header.get("blen")
+        if blen is not None and [b.nbytes for b in bufs] != list(blen):
+            raise InvalidMessage("buffer lengths differ from the signed header")
+        if blen is None and bufs:
+            raise InvalidMessage("buffers without signed lengths")
+        try:
+            content = _unpackb(c)
+        except Exception as e:
+            raise InvalidMessage(f"undecodable content: {e}") from None
+        return Message(idents, header, content, bufs, frames[pos:])
+
+
+class Payload:
+    """Serialized objects ready to send, possibly to several receivers.
+
+    With `shared`, segments in shared memory are kept until `release()` (the
+    sender calls it once every receiver answered); otherwise each receiver
+    unlinks what it mapped.
+    """
+
+    __slots__ = ("bufs", "parts", "blen", "shm", "shared")
+
+    def __init__(self, objects, shm_ok: bool = False, shared: bool = False):
+        bufs, parts = serialize_objects(objects)
+        self.parts = parts
+        self.shared = shared
+        self.shm = None
+        if shm_ok and shm.enabled():
+            hdr: dict = {}
+            bufs = shm.offload(bufs, set(stream_indices(parts)), hdr)
+            self.shm = hdr.get("shm")
+        self.bufs = bufs
+        self.blen = [memoryview(b).nbytes for b in bufs]
+
+    def release(self) -> None:
+        if self.shared and self.shm:
+            for _, name, _ in self.shm:
+                shm.unlink(name)
+            self.shm = None
+
+
+def serialize_objects(objects) -> tuple[list, list]:
+    bufs: list = []
+    parts: list = []
+    for obj in objects:
+        p = serialize(obj)
+        bufs.extend(p)
+        parts.append(len(p))
+    return bufs, parts
+
+
+def stream_indices(parts) -> list:
+    out = []
+    pos = 0
+    for n in parts:
+        if not isinstance(n, int) or n < 1:
+            raise InvalidMessage("bad parts list")
+        out.append(pos)
+        pos += n
+    return out
+
+
+def _find_delim(frames) -> int:
+    for i, f in enumerate(frames):
+        b = f.bytes if hasattr(f, "bytes") else f
+        if b == DELIM:
+            return i
+        if i > 8:
+            break
+    raise ValueError("no delimiter")
+
+
+def _bytes(f) -> bytes:
+    return f.bytes if hasattr(f, "bytes") else bytes(f)
+
+
+def _view(f) -> memoryview:
+    return f.buffer if hasattr(f, "buffer") else memoryview(f)
