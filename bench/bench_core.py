@@ -6,7 +6,7 @@ Run from the repository root (peers: ``pip install -r bench/requirements.txt``):
     python bench/bench_core.py --only cohort,ray --calls 2000 --mb 50 --json out.json
 
 Every framework gets 2 engines/workers on this machine and is measured in its
-own subprocess (killed, with its whole process session, after ``--timeout``
+own subprocess (killed, with everything it started, after ``--timeout``
 seconds); the parent prints one table. Per framework:
 
 * start-up: seconds from nothing to 2 engines/workers ready. cohort,
@@ -24,7 +24,8 @@ seconds); the parent prints one table. Per framework:
   repeat whose result is checked with ``np.array_equal``. cohort/ipyparallel
   ``push({'a': arr}, block=True)`` + ``pull('a', block=True)``; Dask
   ``scatter(arr, workers=[w0], direct=True, hash=False)`` + ``gather(direct=True)``;
-  Ray ``ray.get(identity.remote(ray.put(arr)))``; PPE ``submit(identity, arr)``.
+  Ray ``ray.get(identity.remote(ray.put(arr)))``; PPE ``submit(identity, arr)``
+  (Ray and PPE pick the worker themselves). MB = 10**6 bytes.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -98,14 +100,20 @@ def measure_roundtrip(roundtrip, mb: int) -> dict:
 def until_two_pids(run_pair) -> None:
     """Run pairs of tasks until 2 distinct worker processes have run one."""
     seen: set = set()
-    deadline = time.monotonic() + 120
-    while len(seen) < N_WORKERS:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(seen)} worker(s) ran a task")
+    while len(seen) < N_WORKERS:  # a hang here is caught by the parent's --timeout
         seen.update(run_pair())
 
 
 # --- one runner per framework: returns {"version", "startup_s", latency..., roundtrip...}
+def measure_view(view, args) -> dict:
+    """Latency and push/pull round trip on a single-engine view (cohort, ipyparallel)."""
+    def roundtrip(a):
+        view.push({"a": a}, block=True)
+        return view.pull("a", block=True)
+    return {**measure_latency(lambda: view.apply_sync(_one), args.calls),
+            **measure_roundtrip(roundtrip, args.mb)}
+
+
 def run_cohort(args) -> dict:
     import cohort
     t0 = time.perf_counter()
@@ -113,15 +121,8 @@ def run_cohort(args) -> dict:
     rc = cm.__enter__()
     try:
         rc.wait_for_engines(N_WORKERS, timeout=30)
-        res = {"version": cohort.__version__, "startup_s": time.perf_counter() - t0}
-        e0 = rc[0]
-        res.update(measure_latency(lambda: e0.apply_sync(_one), args.calls))
-
-        def roundtrip(a):
-            e0.push({"a": a}, block=True)
-            return e0.pull("a", block=True)
-        res.update(measure_roundtrip(roundtrip, args.mb))
-        return res
+        startup = time.perf_counter() - t0
+        return {"version": cohort.__version__, "startup_s": startup, **measure_view(rc[0], args)}
     finally:
         cm.__exit__(None, None, None)
 
@@ -134,15 +135,8 @@ def run_ipyparallel(args) -> dict:
     try:
         rc = cluster.start_and_connect_sync()
         rc.wait_for_engines(N_WORKERS, timeout=60)
-        res = {"version": ipp.__version__, "startup_s": time.perf_counter() - t0}
-        e0 = rc[0]
-        res.update(measure_latency(lambda: e0.apply_sync(_one), args.calls))
-
-        def roundtrip(a):
-            e0.push({"a": a}, block=True)
-            return e0.pull("a", block=True)
-        res.update(measure_roundtrip(roundtrip, args.mb))
-        return res
+        startup = time.perf_counter() - t0
+        return {"version": ipp.__version__, "startup_s": startup, **measure_view(rc[0], args)}
     finally:
         if rc is not None:
             rc.close()
@@ -159,6 +153,8 @@ def run_dask(args) -> dict:
     try:
         client.wait_for_workers(N_WORKERS, timeout=60)
         res = {"version": distributed.__version__, "startup_s": time.perf_counter() - t0}
+        # note: the Client batches its messages every 10 ms (distributed/client.py), so a
+        # sequential submit().result() costs ~10 ms whatever the machine
         res.update(measure_latency(lambda: client.submit(_one, pure=False).result(), args.calls))
         w0 = sorted(client.scheduler_info()["workers"])[0]
 
@@ -181,10 +177,9 @@ def run_ray(args) -> dict:
     try:
         one, ident, pid = (ray.remote(f) for f in (_one, _identity, _pid))
         until_two_pids(lambda: ray.get([pid.remote() for _ in range(N_WORKERS)]))
-        res = {"version": ray.__version__, "startup_s": time.perf_counter() - t0}
-        res.update(measure_latency(lambda: ray.get(one.remote()), args.calls))
-        res.update(measure_roundtrip(lambda a: ray.get(ident.remote(ray.put(a))), args.mb))
-        return res
+        return {"version": ray.__version__, "startup_s": time.perf_counter() - t0,
+                **measure_latency(lambda: ray.get(one.remote()), args.calls),
+                **measure_roundtrip(lambda a: ray.get(ident.remote(ray.put(a))), args.mb)}
     finally:
         ray.shutdown()
 
@@ -195,11 +190,10 @@ def run_processpool(args) -> dict:
     ex = ProcessPoolExecutor(N_WORKERS)
     try:
         until_two_pids(lambda: [f.result() for f in [ex.submit(_pid) for _ in range(N_WORKERS)]])
-        res = {"version": "python " + platform.python_version(),
-               "startup_s": time.perf_counter() - t0}
-        res.update(measure_latency(lambda: ex.submit(_one).result(), args.calls))
-        res.update(measure_roundtrip(lambda a: ex.submit(_identity, a).result(), args.mb))
-        return res
+        return {"version": "python " + platform.python_version(),
+                "startup_s": time.perf_counter() - t0,
+                **measure_latency(lambda: ex.submit(_one).result(), args.calls),
+                **measure_roundtrip(lambda a: ex.submit(_identity, a).result(), args.mb)}
     finally:
         ex.shutdown(wait=True)
 
@@ -215,27 +209,48 @@ def worker_main(args) -> None:
         try:
             res = {"status": "ok", **globals()[f"run_{name}"](args)}
         except Exception as e:  # report, don't crash the table
+            traceback.print_exc()
             res = {"status": f"error: {type(e).__name__}: {e}"}
     Path(args._out).write_text(json.dumps(res))
 
 
 # --- parent -----------------------------------------------------------------------
-def session_pids(sid: int) -> list[int]:
-    """Live processes in session `sid` (Linux /proc; empty elsewhere)."""
-    pids = []
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes whose environment carries BENCH_CORE_TAG=tag (Linux /proc)."""
+    needle, pids = f"BENCH_CORE_TAG={tag}".encode(), []
     for p in Path("/proc").glob("[0-9]*"):
         try:
-            stat = (p / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
+            if needle in (p / "environ").read_bytes().split(b"\0"):
                 pids.append(int(p.name))
         except (OSError, ValueError):
             pass
     return pids
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+    except OSError:
+        return str(pid)
+
+
+def kill_all(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def run_one(name: str, args) -> dict:
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    """Run one framework in a child; kill it and everything it started if it hangs or leaks.
+
+    Every descendant inherits BENCH_CORE_TAG, so it is found even after it left the
+    child's session (ipyparallel's launchers) or was re-parented when the child died.
+    """
+    tag = f"{os.getpid()}-{name}-{time.monotonic_ns()}"
+    env = dict(os.environ, BENCH_CORE_TAG=tag, PYTHONUNBUFFERED="1",
+               RAY_USAGE_STATS_ENABLED="0")
     if name == "cohort" and (SRC / "cohort").is_dir():  # measure this checkout
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="bench_core_") as tmp:
@@ -244,28 +259,24 @@ def run_one(name: str, args) -> dict:
                "--calls", str(args.calls), "--mb", str(args.mb)]
         t0 = time.monotonic()
         with open(logf, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)  # its own session: easy cleanup
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             try:
                 proc.wait(timeout=args.timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_all(tagged_pids(tag))
                 proc.wait()
-        res = json.loads(out.read_text()) if out.exists() else \
-            {"status": f"timeout after {args.timeout} s" if proc.returncode == -signal.SIGKILL
-             else f"crashed (exit {proc.returncode})"}
-        if not res["status"] == "ok" and not res["status"].startswith("not "):
+        res = json.loads(out.read_text()) if out.exists() else {"status": (
+            f"timeout after {args.timeout:g} s" if proc.returncode == -signal.SIGKILL
+            else f"crashed (exit {proc.returncode})")}
+        if res["status"] != "ok" and not res["status"].startswith("not "):
             tail = logf.read_text(errors="replace")[-1500:]
             print(f"--- {name} log tail ---\n{tail}", file=sys.stderr)
-        time.sleep(1)  # give daemons that are shutting down a moment
-        leftovers = session_pids(proc.pid)
-        for pid in leftovers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        deadline = time.monotonic() + 10  # daemons (ipyparallel's nannies) exit in a few s
+        while (leftovers := tagged_pids(tag)) and time.monotonic() < deadline:
+            time.sleep(0.2)
         if leftovers:
-            res["leftover_processes_killed"] = len(leftovers)
+            res["leftovers_killed"] = [cmdline(pid) for pid in leftovers]
+            kill_all(leftovers)
         res["wall_s"] = time.monotonic() - t0
     return res
 
@@ -286,8 +297,8 @@ def print_table(results: dict, mb: int) -> None:
         else:
             print(f"{labels[name].ljust(w0)}  {r['status'][:200]}")
     for name, r in results.items():
-        if r.get("leftover_processes_killed"):
-            print(f"note: {name} left {r['leftover_processes_killed']} process(es); killed")
+        for cmd in r.get("leftovers_killed", []):
+            print(f"note: {name} left a process behind (killed): {cmd}")
 
 
 def main(argv=None) -> None:

@@ -114,6 +114,6 @@ def error_from_content(content: dict, engine_id: int | None = None,
         return TaskAborted(evalue)
     if ename == "EngineError":
         return EngineError(evalue, eid)
-    if ename == "NoEnginesError":
-        return NoEnginesError(evalue)
+    if ename in ("NoEnginesError", "ControllerError"):
+        return globals()[ename](evalue)
     return RemoteError(eid, ename, evalue, content.get("traceback", ""), task_id)

@@ -27,11 +27,13 @@ class Client:
 
     With `stream_output` (the default), what engines print is shown here as it
     arrives, each line prefixed ``[stdout:ID]``; it is kept on the
-    AsyncResult either way.
+    AsyncResult either way. If the controller sends no heartbeat for
+    `controller_timeout` seconds, waiting results fail with `ControllerError`
+    instead of hanging.
     """
 
     def __init__(self, connection_file=None, profile: str | None = None, timeout: float = 10.0,
-                 stream_output: bool = True):
+                 stream_output: bool = True, controller_timeout: float = 10.0):
         self.connection_file = resolve_connection_file(connection_file, profile)
         self.info = ConnectionInfo.read(self.connection_file)
         self.session = Session(self.info.key)
@@ -47,6 +49,11 @@ class Client:
         self._recv_sock.linger = 0
         self._recv_sock.rcvhwm = 0
         self._recv_sock.connect(url)
+        self._ping_sub = self._ctx.socket(zmq.SUB)
+        self._ping_sub.linger = 0
+        self._ping_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._ping_sub.connect(self.info.url("hb_ping"))
+        self.controller_timeout = controller_timeout
         self._send_lock = threading.Lock()
         self._pending: dict = {}      # task msg id -> (AsyncResult, index)
         self._requests: dict = {}     # control request id -> Future-like AsyncResult
@@ -82,10 +89,22 @@ class Client:
 
     # --- I/O thread ---------------------------------------------------------
     def _io_loop(self) -> None:
-        sock = self._recv_sock
+        sock, pings = self._recv_sock, self._ping_sub
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(pings, zmq.POLLIN)
+        last_ping = time.monotonic()
         while not self._closed:
             try:
-                if not sock.poll(100):
+                events = dict(poller.poll(100))
+                if pings in events:
+                    while pings.poll(0):
+                        pings.recv()
+                    last_ping = time.monotonic()
+                elif time.monotonic() - last_ping > self.controller_timeout:
+                    self._controller_lost()
+                    last_ping = time.monotonic()
+                if sock not in events:
                     continue
                 frames = sock.recv_multipart(copy=False)
             except zmq.ZMQError:
@@ -132,6 +151,20 @@ class Client:
             with self._engines_changed:
                 self._engines.pop(msg.content["id"], None)
                 self._engines_changed.notify_all()
+
+    def _controller_lost(self) -> None:
+        """No heartbeat from the controller: fail what waits on it rather than hang."""
+        if not self._pending and not self._requests:
+            return
+        why = (f"the controller at {self.info.url('client')} sent no heartbeat for "
+               f"{self.controller_timeout:g} s; the task's outcome is unknown")
+        log.error("%s", why)
+        pending, self._pending = self._pending, {}
+        for ar, i in pending.values():
+            ar._deliver(i, {"status": "error"}, {"ename": "ControllerError", "evalue": why}, ())
+        requests, self._requests = self._requests, {}
+        for fut in requests.values():
+            fut.set_result({"error": why})
 
     @staticmethod
     def _show(eid, name: str, text: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import _remote
 from ..errors import NoEnginesError
+from ..wire.serialize import serialize_function
 
 
 class DirectView:
@@ -70,15 +71,15 @@ class DirectView:
 
     def apply(self, f, *args, **kwargs):
         """Call ``f(*args, **kwargs)`` on each engine (blocking if the view blocks)."""
-        return self._call("apply", objects=((f, args, kwargs),))
+        return self._call("apply", objects=(serialize_function(f), (args, kwargs)))
 
     def apply_async(self, f, *args, **kwargs):
         """`apply` that always returns an AsyncResult."""
-        return self._call("apply", objects=((f, args, kwargs),), block=False)
+        return self._call("apply", objects=(serialize_function(f), (args, kwargs)), block=False)
 
     def apply_sync(self, f, *args, **kwargs):
         """`apply` that always waits and returns the value."""
-        return self._call("apply", objects=((f, args, kwargs),), block=True)
+        return self._call("apply", objects=(serialize_function(f), (args, kwargs)), block=True)
 
     def map(self, f, *sequences, block=None):
         """``[f(*xs) for xs in zip(*sequences)]``, split into one contiguous chunk per engine."""
@@ -86,7 +87,8 @@ class DirectView:
         seqs = [_as_sliceable(s) for s in sequences]
         n = min(len(s) for s in seqs) if seqs else 0
         bounds = partition_bounds(n, len(ids))
-        per_target = {eid: (((_remote.map_chunk, (f, *[s[a:b] for s in seqs]), {}),))
+        chunk_fn = serialize_function(_remote.map_chunk)
+        per_target = {eid: (chunk_fn, ((f, *[s[a:b] for s in seqs]), {}))
                       for eid, (a, b) in zip(ids, bounds)}
         return self._call("apply", targets=ids, block=block, reduce=_flatten,
                           per_target=per_target)

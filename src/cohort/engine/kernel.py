@@ -34,7 +34,7 @@ from zmq.devices import ThreadDevice
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
-from ..wire import InvalidMessage, Session, shm
+from ..wire import InvalidMessage, Session, deserialize, shm
 from .capture import OutputCapture
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class Engine:
         self.aborted: set = set()
         self._stop = threading.Event()
         self._cell = 0
+        self._functions: dict = {}  # pickled bytes -> function
         self.shm = False
 
     # --- connection --------------------------------------------------------
@@ -204,8 +205,22 @@ class Engine:
         with self._task_lock:
             self.current = None
 
+    def _load_function(self, frames):
+        """Unpickle a shipped function, reusing the one decoded from the same bytes."""
+        if len(frames) != 1:
+            return deserialize(frames)
+        key = bytes(frames[0])
+        f = self._functions.get(key)
+        if f is None:
+            if len(self._functions) >= 512:
+                self._functions.clear()
+            f = self._functions[key] = deserialize(frames)
+        return f
+
     def _apply(self, msg):
-        f, args, kwargs = msg.objects()[0]
+        fn_frames, arg_frames = msg.object_frames()
+        f = self._load_function(fn_frames)
+        args, kwargs = deserialize(arg_frames)
         if isinstance(f, types.FunctionType) and f.__module__ == "__main__":
             # defined interactively: see the engine's namespace, the client's globals filling gaps
             g = dict(f.__globals__)

@@ -35,7 +35,7 @@ from hashlib import sha256
 import msgpack
 
 from . import shm
-from .serialize import deserialize, serialize
+from .serialize import Serialized, deserialize, serialize
 
 DELIM = b"<COHORT>"
 _SIGLEN = 32
@@ -74,8 +74,8 @@ class Message:
     def id(self) -> str:
         return self.header["id"]
 
-    def objects(self) -> list:
-        """Deserialize the objects carried in the buffers.
+    def object_frames(self) -> list:
+        """The frames of each carried object, as lists.
 
         Buffers sent through shared memory are mapped here (and unlinked,
         unless the sender keeps them for other receivers), so a process that
@@ -90,9 +90,13 @@ class Message:
             except (OSError, ValueError, TypeError) as e:
                 raise InvalidMessage(f"shared-memory buffer unavailable: {e}") from None
         for n in self.header.get("parts", ()):
-            out.append(deserialize(bufs[pos:pos + n]))
+            out.append(bufs[pos:pos + n])
             pos += n
         return out
+
+    def objects(self) -> list:
+        """Deserialize the objects carried in the buffers."""
+        return [deserialize(frames) for frames in self.object_frames()]
 
     def __repr__(self) -> str:
         return f"<Message {self.header.get('t')} id={self.header.get('id')}>"
@@ -226,7 +230,7 @@ def serialize_objects(objects) -> tuple[list, list]:
     bufs: list = []
     parts: list = []
     for obj in objects:
-        p = serialize(obj)
+        p = obj.frames if isinstance(obj, Serialized) else serialize(obj)
         bufs.extend(p)
         parts.append(len(p))
     return bufs, parts
