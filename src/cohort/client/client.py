@@ -11,7 +11,7 @@ import zmq
 
 from ..errors import ControllerError, TimeoutError
 from ..profile import ConnectionInfo, resolve_connection_file
-from ..wire import InvalidMessage, Payload, Session, shm
+from ..wire import Payload, Session, shm
 from .asyncresult import AsyncResult
 from .view import DirectView
 
@@ -77,12 +77,8 @@ class Client:
                     f"no controller answered at {self.info.url('client')} within {timeout:g} s "
                     f"(connection file {self.connection_file}): is the cluster running? "
                     f"`cohort status` tells")
-            try:
-                msg = self.session.unpack(self._recv_sock.recv_multipart(copy=False))
-            except InvalidMessage as e:
-                log.warning("dropped an invalid message (%s)", e)
-                continue
-            if msg.header["t"] == "reply":
+            msg = self.session.receive(self._recv_sock.recv_multipart(copy=False))
+            if msg is not None and msg.header["t"] == "reply":
                 for e in msg.content["engines"]:
                     self._engines[e["id"]] = e
                 return
@@ -109,11 +105,11 @@ class Client:
                 frames = sock.recv_multipart(copy=False)
             except zmq.ZMQError:
                 return
+            msg = self.session.receive(frames)
+            if msg is None:
+                continue
             try:
-                msg = self.session.unpack(frames)
                 self._handle(msg)
-            except InvalidMessage as e:
-                log.warning("dropped an invalid message (%s)", e)
             except Exception:
                 log.exception("error handling a message from the controller")
 

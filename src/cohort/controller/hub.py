@@ -24,7 +24,7 @@ import zmq
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
-from ..wire import InvalidMessage, Session, shm
+from ..wire import Session, shm
 from .state import HubState, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,8 @@ class Controller:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            try:
-                msg = self.session.unpack(frames)
-            except InvalidMessage as e:
-                log.warning("dropped an invalid message (%s)", e)
+            msg = self.session.receive(frames)
+            if msg is None:
                 continue
             try:
                 handler(msg)

@@ -34,7 +34,7 @@ from zmq.devices import ThreadDevice
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
-from ..wire import InvalidMessage, Session, deserialize, shm
+from ..wire import Session, deserialize, shm
 from .capture import OutputCapture
 
 log = logging.getLogger(__name__)
@@ -110,12 +110,8 @@ class Engine:
         while time.monotonic() < deadline:
             sock.send_multipart(self.session.build(msg_type, content))
             if sock.poll(1000):
-                try:
-                    msg = self.session.unpack(sock.recv_multipart(copy=False))
-                except InvalidMessage as e:
-                    log.warning("dropped an invalid message (%s)", e)
-                    continue
-                if msg.header["t"] == expect:
+                msg = self.session.receive(sock.recv_multipart(copy=False))
+                if msg is not None and msg.header["t"] == expect:
                     return msg
         raise EngineStartError(
             f"no controller answered at {self.info.url('engine')} within "
@@ -145,10 +141,8 @@ class Engine:
                     frames = self.task_sock.recv_multipart(copy=False)
                 except KeyboardInterrupt:  # an interrupt that arrived between tasks
                     continue
-                try:
-                    msg = self.session.unpack(frames)
-                except InvalidMessage as e:
-                    log.warning("dropped an invalid message (%s)", e)
+                msg = self.session.receive(frames)
+                if msg is None:
                     continue
                 try:
                     self.run_task(msg)
@@ -177,7 +171,7 @@ class Engine:
             if t == "apply":
                 objects = (self._apply(msg),)
             elif t == "execute":
-                value = self.execute(msg.content["code"])
+                value = self.execute(msg.content["code"], msg.content.get("filename"))
                 if value is not None:
                     content["execute_result"] = _safe_repr(value)
             elif t == "push":
@@ -240,10 +234,10 @@ class Engine:
                 raise NameError(f"name {n!r} is not defined on engine {self.id}") from None
         return values[0] if single else values
 
-    def execute(self, code: str):
+    def execute(self, code: str, filename: str | None = None):
         """Run a code string in the namespace; return the last expression's value."""
         self._cell += 1
-        filename = f"<cohort-{self.id}-{self._cell}>"
+        filename = filename or f"<cohort-{self.id}-{self._cell}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         tree = ast.parse(code, filename)
         last = None
@@ -287,10 +281,8 @@ class Engine:
                 self._shutdown()
                 return
             if self.ctl_sock in events:
-                try:
-                    msg = self.session.unpack(self.ctl_sock.recv_multipart(copy=False))
-                except InvalidMessage as e:
-                    log.warning("dropped an invalid control message (%s)", e)
+                msg = self.session.receive(self.ctl_sock.recv_multipart(copy=False))
+                if msg is None:
                     continue
                 t = msg.header["t"]
                 if t == "interrupt":

@@ -26,6 +26,7 @@ A message that is unsigned, mis-signed, truncated or undecodable raises
 from __future__ import annotations
 
 import hmac
+import logging
 import itertools
 import os
 import struct
@@ -36,6 +37,8 @@ import msgpack
 
 from . import shm
 from .serialize import Serialized, deserialize, serialize
+
+log = logging.getLogger(__name__)
 
 DELIM = b"<COHORT>"
 _SIGLEN = 32
@@ -154,6 +157,14 @@ class Session:
         signed = [hc]
         signed.extend(bufs[i] for i in stream_indices(header.get("parts", ())))
         return [DELIM, self._sign(signed) + hc, *bufs]
+
+    def receive(self, frames, route: bool = True) -> "Message | None":
+        """`unpack`, but an invalid message is logged and dropped (None)."""
+        try:
+            return self.unpack(frames, route)
+        except InvalidMessage as e:
+            log.warning("dropped an invalid message (%s)", e)
+            return None
 
     def unpack(self, frames, route: bool = True) -> Message:
         """Verify and decode a received frame list (zmq Frames or bytes)."""
