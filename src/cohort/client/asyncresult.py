@@ -63,6 +63,8 @@ class AsyncResult(Future):
         self._outputs[index][name].append(text)
 
     def _finish(self) -> None:
+        if self.done():
+            return
         self.received = time.time()
         for p in self._payloads:
             p.release()
@@ -114,8 +116,22 @@ class AsyncResult(Future):
         return asyncio.wrap_future(self).__await__()
 
     def abort(self) -> None:
-        """Drop this call's tasks that have not started yet."""
+        """Drop this call's tasks that have not started yet (they raise TaskAborted)."""
         self._client.abort(self)
+
+    def cancel(self) -> bool:
+        """Cancel if no part of the call has been sent to an engine yet.
+
+        True: nothing ran and the future is cancelled. False: it runs (or
+        ran) to the end as usual. `abort()` drops what it can instead.
+        """
+        if self.done():
+            return self.cancelled()
+        if not self._client._cancel(self.msg_ids):
+            return False
+        for p in self._payloads:
+            p.release()
+        return super().cancel()
 
     def get_dict(self, timeout: float | None = None) -> dict:
         """{engine id: value} (waits like `get`)."""

@@ -118,7 +118,8 @@ class Client:
         t = hdr["t"]
         if t == "result":
             entry = self._pending.pop(hdr["parent"], None)
-            if entry is None:
+            if entry is None:  # aborted or failed meanwhile: release what it carried
+                shm.discard(hdr)
                 return
             ar, i = entry
             try:
@@ -244,7 +245,7 @@ class Client:
 
     def __getitem__(self, key) -> DirectView:
         if isinstance(key, int):
-            return DirectView(self, key)
+            return DirectView(self, self.ids[key] if key < 0 else key)  # rc[-1]: the last engine
         if isinstance(key, slice):
             return DirectView(self, self.ids[key])
         if isinstance(key, (list, tuple)):
@@ -291,6 +292,14 @@ class Client:
         reply = self._request("abort", {"ids": ids, "targets": self._target_list(targets)})
         return reply["aborted"] + reply["asked"]
 
+    def _cancel(self, msg_ids) -> bool:
+        """Drop these tasks if all still wait at the controller; True if so."""
+        if not self._request("cancel", {"ids": list(msg_ids)})["cancelled"]:
+            return False
+        for mid in msg_ids:
+            self._pending.pop(mid, None)
+        return True
+
     def queue_status(self, targets=None) -> dict:
         """{engine id: {"queue", "inflight", "completed", "failed"}}."""
         st = self._request("queue_status", {"targets": self._target_list(targets)})["status"]
@@ -300,10 +309,10 @@ class Client:
         """The controller's view: engines, clients, uptime."""
         return self._request("status")
 
-    def shutdown(self, targets=None, controller: bool = False) -> dict:
+    def shutdown(self, targets=None, controller: bool = False, timeout: float = 10.0) -> dict:
         """Stop engines (default: all); with `controller`, the controller too."""
         return self._request("shutdown", {"targets": self._target_list(targets),
-                                          "controller": controller})
+                                          "controller": controller}, timeout=timeout)
 
     def close(self) -> None:
         """Disconnect; running tasks go on, their results are dropped."""

@@ -153,9 +153,10 @@ def partition_bounds(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _as_sliceable(seq):
-    if hasattr(seq, "__getitem__") and hasattr(seq, "__len__"):
-        return seq
-    return list(seq)
+    """Something to cut into parts: lists, tuples, strings and arrays as they are."""
+    if isinstance(seq, range) or not (hasattr(seq, "__getitem__") and hasattr(seq, "__len__")):
+        return list(seq)
+    return seq
 
 
 def _flatten(parts: list) -> list:

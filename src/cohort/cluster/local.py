@@ -166,10 +166,11 @@ class Cluster:
     def stop(self, timeout: float = 5.0) -> None:
         """Shut the engines and controller down; kill what does not stop in time."""
         if self.client is not None:
-            try:
-                self.client.shutdown(controller=True)
-            except Exception:
-                pass
+            if self.controller is not None and self.controller.poll() is None:
+                try:
+                    self.client.shutdown(controller=True, timeout=2.0)
+                except Exception:
+                    pass
             self.client.close()
             self.client = None
         procs = [p for p in [self.controller, *self.engines] if p is not None]

@@ -48,6 +48,7 @@ class Controller:
         self.ctx = zmq.Context()
         self._stop = False
         self._beat = 0
+        self._ghosts: dict[str, float] = {}
         self.hostname = socket.gethostname()
 
     # --- set-up ------------------------------------------------------------
@@ -146,7 +147,9 @@ class Controller:
                 return
             except ValueError:
                 continue
-            self.state.beat(ident.decode(errors="replace"), now)
+            uuid = ident.decode(errors="replace")
+            if not self.state.beat(uuid, now):
+                self.tell_ghost(uuid)
 
     def _on_monitor(self) -> None:
         """A peer's TCP connection closed: check at once whether a local engine died."""
@@ -158,6 +161,20 @@ class Controller:
         for rec in list(self.state.engines.values()):
             if rec.local and proc_starttime(rec.pid) != rec.starttime:
                 self.engine_lost(rec.id, f"process {rec.pid} exited")
+
+    def tell_ghost(self, uuid: str) -> None:
+        """An engine declared dead (paused, cut off) is still talking: tell it to exit.
+
+        Its tasks were already failed; a fresh engine can take its place.
+        """
+        now = time.monotonic()
+        if now - self._ghosts.get(uuid, -1e9) < 5.0:
+            return
+        if len(self._ghosts) > 1000:
+            self._ghosts.clear()
+        self._ghosts[uuid] = now
+        log.warning("engine %s was declared dead but is still running; telling it to exit", uuid)
+        self.send_engine(uuid.encode() + b".c", "shutdown", {"why": "declared dead by the controller"})
 
     def engine_lost(self, eid: int, why: str) -> None:
         rec = self.state.engines.get(eid)
@@ -188,6 +205,8 @@ class Controller:
         content = {"status": "error", "ename": ename, "evalue": evalue, "engine": eid}
         self.send_client(task.client, "result", content,
                          {"parent": task.id, "e": eid, "status": "error"})
+        if task.header is not None:  # its data in shared memory will never be read
+            shm.discard(task.header)
 
     def broadcast(self, msg_type: str, content: dict) -> None:
         for ident in list(self.clients):
@@ -213,8 +232,11 @@ class Controller:
 
     def on_task(self, msg) -> None:
         client = msg.header["s"].encode()
+        if client not in self.clients:  # a client that never said hello still gets results
+            self.clients[client] = {"connected": time.time(), "session": msg.header["s"]}
         target = msg.header.get("target")
-        task = TaskRecord(msg.header["id"], client, target, msg.frames)
+        task = TaskRecord(msg.header["id"], client, target, msg.frames,
+                          msg.header if "shm" in msg.header else None)
         try:
             send_now = self.state.submit(task)
         except KeyError:
@@ -256,6 +278,13 @@ class Controller:
             self.send_engine(self.state.engines[eid].ident + b".c", "abort", {"ids": ids})
         self.reply(msg, {"aborted": len(dropped), "asked": sum(map(len, ask.values()))})
 
+    def client_cancel(self, msg) -> None:
+        dropped = self.state.cancel(msg.header["s"].encode(), msg.content.get("ids", ()))
+        for t in dropped:
+            if t.header is not None:
+                shm.discard(t.header)
+        self.reply(msg, {"cancelled": bool(dropped)})
+
     def client_interrupt(self, msg) -> None:
         targets = self._targets(msg)
         for eid in targets:
@@ -282,12 +311,18 @@ class Controller:
         t = msg.header["t"]
         if t == "result":
             eid = msg.header.get("e")
+            if eid not in self.state.engines:
+                return self.tell_ghost(msg.idents[0].decode(errors="replace").removesuffix(".o"))
             task, nxt = self.state.complete(eid, msg.header.get("parent"),
                                             msg.header.get("status") == "ok")
             for n in nxt:
                 self.dispatch(n)
-            if task is not None:
+            if task is None:
+                return
+            if task.client in self.clients:
                 self.client_sock.send_multipart([task.client, *msg.frames], copy=False)
+            else:  # the client left: nobody will map the result's segments
+                shm.discard(msg.header)
         elif t == "stream":
             self.client_sock.send_multipart([msg.header["c"].encode(), *msg.frames], copy=False)
         elif t == "aborted":

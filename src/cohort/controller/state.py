@@ -46,13 +46,14 @@ class EngineRecord:
 
 
 class TaskRecord:
-    __slots__ = ("id", "client", "engine", "frames", "submitted")
+    __slots__ = ("id", "client", "engine", "frames", "submitted", "header")
 
-    def __init__(self, msg_id: str, client: bytes, engine: int, frames):
+    def __init__(self, msg_id: str, client: bytes, engine: int, frames, header=None):
         self.id = msg_id
         self.client = client
         self.engine = engine
         self.frames = frames
+        self.header = header  # kept to release its shared-memory segments if it never runs
         self.submitted = time.time()
 
 
@@ -96,10 +97,13 @@ class HubState:
             self.tasks.pop(t.id, None)
         return sent, queued
 
-    def beat(self, uuid: str, now: float) -> None:
+    def beat(self, uuid: str, now: float) -> bool:
+        """Record a heartbeat; False if no live engine has this uuid."""
         eid = self.by_uuid.get(uuid)
-        if eid is not None:
-            self.engines[eid].last_beat = now
+        if eid is None:
+            return False
+        self.engines[eid].last_beat = now
+        return True
 
     def silent_engines(self, now: float, timeout: float) -> list[int]:
         return [e.id for e in self.engines.values() if now - e.last_beat > timeout]
@@ -142,7 +146,7 @@ class HubState:
         Returns (tasks removed from controller queues, {engine id: [ids sent
         to it that the engine must be asked to skip]}).
         """
-        wanted = set(ids) if ids else None
+        wanted = None if ids is None else set(ids)
         engines = [self.engines[t] for t in targets if t in self.engines] \
             if targets is not None else list(self.engines.values())
         dropped, ask = [], {}
@@ -160,6 +164,23 @@ class HubState:
             if sent:
                 ask[rec.id] = sent
         return dropped, ask
+
+    def cancel(self, client: bytes, ids) -> list:
+        """Drop these tasks only if every one still waits at the controller.
+
+        All or nothing, so a cancelled future never has a part that ran.
+        """
+        ids = list(dict.fromkeys(ids))
+        found = [t for t in (self.tasks.get(i) for i in ids)
+                 if t is not None and t.client == client and t.engine in self.engines
+                 and t.id not in self.engines[t.engine].inflight]
+        if not ids or len(found) != len(ids):
+            return []
+        for t in found:
+            rec = self.engines[t.engine]
+            rec.queue.remove(t)
+            del self.tasks[t.id]
+        return found
 
     def queue_status(self, targets=None) -> dict:
         engines = self.engines.values() if targets is None else \

@@ -16,10 +16,14 @@ import threading
 class OutputCapture:
     """Collects text from both streams; `send(name, text, parent)` ships it."""
 
-    def __init__(self, send, interval: float = 0.1, limit: int = 1 << 16):
+    def __init__(self, send, interval: float = 0.1, limit: int = 1 << 16,
+                 max_task_output: int = 16 << 20):
         self._send = send
         self.interval = interval
         self.limit = limit
+        self.max_task_output = max_task_output
+        self._task_chars = 0
+        self._dropped = 0
         self._lock = threading.Lock()
         self._sending = threading.Lock()  # a flush's take-and-send is one step
         self._pending: list = []  # [name, text] in write order
@@ -32,8 +36,28 @@ class OutputCapture:
         self._thread = threading.Thread(target=self._run, name="cohort-output", daemon=True)
         self._thread.start()
 
+    def begin(self, parent: dict) -> None:
+        """A task starts: what is written from now on is its output."""
+        self.flush()
+        with self._lock:
+            self.parent = parent
+            self._task_chars = self._dropped = 0
+
+    def end(self) -> None:
+        """A task ends: send all its output (and say what was dropped) before its result."""
+        if self._dropped:
+            with self._lock:
+                self._pending.append(["stderr", f"\n[cohort: {self._dropped} more characters of output "
+                                      f"were dropped; a task sends at most {self.max_task_output}]\n"])
+                self._dropped = 0
+        self.flush()
+
     def write(self, name: str, text: str) -> None:
         with self._lock:
+            if self._task_chars >= self.max_task_output:  # a runaway print loop must not flood the cluster
+                self._dropped += len(text)
+                return
+            self._task_chars += len(text)
             if self._pending and self._pending[-1][0] == name:
                 self._pending[-1][1] += text
             else:

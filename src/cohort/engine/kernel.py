@@ -34,7 +34,9 @@ from zmq.devices import ThreadDevice
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
+from .. import wire as wire_pkg
 from ..wire import Session, deserialize, shm
+from ..wire.serialize import stateless
 from .capture import OutputCapture
 
 log = logging.getLogger(__name__)
@@ -159,10 +161,11 @@ class Engine:
         with self._task_lock:
             if task_id in self.aborted:
                 self.aborted.discard(task_id)
+                shm.discard(hdr)
                 return
             self.current = task_id
         client = hdr["s"]
-        self.capture.parent = {"parent": task_id, "c": client, "e": self.id}
+        self.capture.begin({"parent": task_id, "c": client, "e": self.id})
         started = time.time()
         content, objects = {"status": "ok"}, ()
         try:
@@ -184,7 +187,7 @@ class Engine:
         except BaseException as e:  # user errors, KeyboardInterrupt and SystemExit alike
             self._in_user = False
             content, objects = self._error_content(e), ()
-        self.capture.flush()
+        self.capture.end()
         header = {"parent": task_id, "e": self.id, "c": client, "status": content["status"],
                   "started": started, "completed": time.time()}
         shm_ok = self.shm and hdr.get("rshm", False)
@@ -206,9 +209,11 @@ class Engine:
         key = bytes(frames[0])
         f = self._functions.get(key)
         if f is None:
-            if len(self._functions) >= 512:
-                self._functions.clear()
-            f = self._functions[key] = deserialize(frames)
+            f = deserialize(frames)
+            if stateless(f):  # a closure or mutable default would carry state across calls
+                if len(self._functions) >= 512:
+                    self._functions.clear()
+                self._functions[key] = f
         return f
 
     def _apply(self, msg):
@@ -294,8 +299,23 @@ class Engine:
                     return
 
     def _on_sigint(self, signum, frame) -> None:
-        """Raise KeyboardInterrupt only inside a task's code, never in the engine's own."""
-        if self._in_user and frame is not None and frame.f_code is not _RUN_TASK_CODE:
+        """Raise KeyboardInterrupt only inside a task's code, never in the engine's own.
+
+        If it lands while the engine is sending (output flushed from a print,
+        say), a half-sent message would swallow the result: the interrupt is
+        sent again shortly instead, to land in the task's code.
+        """
+        if not self._in_user or frame is None:
+            return
+        f = frame
+        while f is not None and f.f_code is not _RUN_TASK_CODE:
+            if f.f_code is _SEND_CODE or f.f_code.co_filename.startswith(_CRITICAL):
+                t = threading.Timer(0.02, self.interrupt)
+                t.daemon = True
+                t.start()
+                return
+            f = f.f_back
+        if f is not None and frame.f_code is not _RUN_TASK_CODE:
             raise KeyboardInterrupt
 
     def interrupt(self) -> None:
@@ -335,6 +355,10 @@ class Engine:
 
 
 _RUN_TASK_CODE = Engine.run_task.__code__
+_SEND_CODE = Engine.send.__code__
+# code an interrupt must not break into: the wire, output capture, pyzmq
+_CRITICAL = tuple(os.path.dirname(os.path.abspath(m.__file__)) for m in (zmq, wire_pkg)) + (
+    os.path.join(_HERE, "capture.py"),)
 
 
 def _safe_repr(value) -> str:

@@ -52,7 +52,8 @@ class Serialized:
 # small call (~15-70 us). A function whose referenced globals, defaults and
 # closure are all immutable (numbers, strings, tuples of them, modules,
 # importable functions and classes) pickles to the same bytes as long as none
-# of those names is rebound, so its bytes are kept and checked by identity.
+# of those names is rebound, so its bytes are kept with the objects they were
+# made from (held, so their ids cannot be reused) and checked by identity.
 
 _cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _SCALARS = (int, float, complex, str, bytes, bool, type(None), types.ModuleType,
@@ -88,7 +89,19 @@ def _fingerprint(f: types.FunctionType):
     everything = values + cells + extra
     if not all(_immutable(v) for v in everything):
         return None
-    return (f.__code__, tuple(map(id, everything)))
+    return (f.__code__, everything)
+
+
+def _same(a, b) -> bool:
+    """Fingerprints match when every referenced object is the very same one."""
+    return a[0] is b[0] and len(a[1]) == len(b[1]) and all(x is y for x, y in zip(a[1], b[1]))
+
+
+def stateless(f) -> bool:
+    """A function whose calls cannot leave state in it: no closure, immutable defaults."""
+    return (isinstance(f, types.FunctionType) and f.__closure__ is None and not f.__dict__
+            and _immutable(f.__defaults__ or ())
+            and _immutable(tuple((f.__kwdefaults__ or {}).values())))
 
 
 def serialize_function(f) -> Serialized:
@@ -101,7 +114,7 @@ def serialize_function(f) -> Serialized:
         key = None
     if key is not None:
         hit = _cache.get(f)
-        if hit is not None and hit[0] == key:
+        if hit is not None and _same(hit[0], key):
             return hit[1]
     s = Serialized(serialize(f))
     if key is not None:

@@ -175,6 +175,13 @@ def offload(bufs: list, stream_idx: set, header: dict) -> list:
     return out
 
 
+def discard(header: dict) -> None:
+    """Unlink the segments of a message that will never be read (dropped, undeliverable)."""
+    if not header.get("shm_keep"):
+        for entry in header.get("shm", ()):
+            unlink(entry[1])
+
+
 def restore(bufs: list, entries, unlink_after: bool = True) -> list:
     """Receiver side: replace placeholder frames by their mapped segments."""
     out = list(bufs)
