@@ -536,8 +536,10 @@ def test_big_array_to_several_engines_leaves_no_shared_memory(rc):
         assert np.array_equal(o, arr)
     dv.execute("mid[0] = -1", block=True)  # each engine has its own copy
     assert rc[0]["mid"][0] == -1 and rc[1]["mid"][0] == -1 and arr[0] == 0
+    # a segment stays linked while an array maps it (so it can be sent on without a copy)
     dv.execute("del mid", block=True)
-    assert shm_segments(rc) - before == set()
+    del outs, o
+    wait_until(lambda: shm_segments(rc) - before == set(), 10, msg="the segments to go")
 
 
 def test_aborted_push_of_a_big_array_leaves_no_shared_memory(rc):
@@ -801,3 +803,19 @@ def test_cancel_of_a_task_still_queued_at_the_controller(rc):
         assert f.get(timeout=10) is None
     assert rc[0].execute("'cancelled_task_ran' in globals()", block=True) is None
     assert rc[0].apply_sync(lambda: "cancelled_task_ran" in globals()) is False
+
+
+def test_pull_after_an_in_place_change_on_the_engine_sends_the_new_data(rc):
+    """Memory received through shared memory is sent back by hard link only while unwritten."""
+    arr = np.arange(4 * 2 ** 20 // 8, dtype=np.float64)  # 4 MB: goes through /dev/shm
+    e0 = rc[0]
+    e0.push({"rt": arr}, block=True)
+    first = e0.pull("rt", block=True)            # unmodified: the same segment, relinked
+    assert np.array_equal(first, arr)
+    e0.execute("rt[123456] = -1.0", block=True)  # one page written on the engine
+    second = e0.pull("rt", block=True)
+    assert second[123456] == -1.0 and np.array_equal(np.delete(second, 123456), np.delete(arr, 123456))
+    assert first[123456] == arr[123456], "an earlier pull must not see the engine's later change"
+    first[0] = 99.0                              # and the client's change stays on the client
+    assert e0.apply_sync(lambda: float(rt[0])) == 0.0  # noqa: F821 (the engine's namespace)
+    e0.execute("del rt", block=True)

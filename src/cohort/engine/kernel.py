@@ -220,8 +220,10 @@ class Engine:
         fn_frames, arg_frames = msg.object_frames()
         f = self._load_function(fn_frames)
         args, kwargs = deserialize(arg_frames)
-        if isinstance(f, types.FunctionType) and f.__module__ == "__main__":
-            # defined interactively: see the engine's namespace, the client's globals filling gaps
+        if isinstance(f, types.FunctionType) and (f.__module__ == "__main__"
+                                                  or f.__module__ not in sys.modules):
+            # defined interactively (a notebook, a script, a module this engine lacks):
+            # it sees the engine's namespace, the client's globals filling gaps
             g = dict(f.__globals__)
             g.update(self.ns)
             shipped = f

@@ -3,9 +3,10 @@
 TCP loopback moves about 1 GB/s here and a message crosses it twice (sender
 to controller to receiver). A raw buffer of `THRESHOLD` bytes or more sent to
 a peer on the same host is instead written once into a file under /dev/shm
-(parallel `pwrite`, no user-space copy) and the message carries its name; the
-receiver maps it copy-on-write, so it gets a writable array of its own without
-copying, and whoever owns the segment unlinks it.
+(`pwrite`, no user-space copy) and the message carries its name; the receiver
+maps it copy-on-write, so it gets a writable array of its own without copying.
+Memory that arrived that way and was not written since is sent on by hard
+link, without writing it again (checked page by page in /proc/self/pagemap).
 
 Peers share a /dev/shm only if they see the same probe file, which the
 controller writes with a random token (containers on one host may not share
@@ -14,12 +15,14 @@ controller writes with a random token (containers on one host may not share
 
 from __future__ import annotations
 
+import array
+import ctypes
 import logging
 import mmap
 import os
 import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import sys
+import weakref
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,6 @@ THRESHOLD = 1 << 20
 _NAME = re.compile(r"^cohort-[0-9a-f]{1,32}-[0-9a-f]{1,32}$")
 
 _prefix: str | None = None  # set by enable() once this process shares the controller's /dev/shm
-_writers: ThreadPoolExecutor | None = None
-_lock = threading.Lock()
 
 
 def probe_path(cluster_id: str) -> str:
@@ -86,15 +87,6 @@ def sweep(cluster_id: str) -> int:
     return n
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _writers
-    with _lock:
-        if _writers is None:
-            _writers = ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 2)),
-                                          thread_name_prefix="cohort-shm")
-        return _writers
-
-
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view.nbytes:
         n = os.pwrite(fd, view, offset)
@@ -107,17 +99,8 @@ def write_segment(buf) -> str:
     view = memoryview(buf).cast("B")
     name = f"{_prefix}-{os.urandom(8).hex()}"
     fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    try:
-        nbytes = view.nbytes
-        pieces = 2 if nbytes >= 8 * THRESHOLD else 1
-        step = -(-nbytes // pieces)
-        if pieces == 1:
-            _pwrite_all(fd, view, 0)
-        else:
-            futs = [_pool().submit(_pwrite_all, fd, view[i:i + step], i)
-                    for i in range(0, nbytes, step)]
-            for f in futs:
-                f.result()
+    try:  # one pwrite: parallel writers measured no faster (tmpfs page allocation bounds it)
+        _pwrite_all(fd, view, 0)
     except BaseException:
         os.close(fd)
         unlink(name)
@@ -126,19 +109,115 @@ def write_segment(buf) -> str:
     return name
 
 
-def map_segment(name: str, nbytes: int, unlink_after: bool) -> memoryview:
-    """Map a segment copy-on-write; the caller's writes stay private."""
+class _Mapping(mmap.mmap):
+    """A mapped segment (a subclass only so that it can be weakly referenced)."""
+
+
+# id(mapping) -> (name kept linked, address, nbytes): segments this process mapped.
+# Sending such memory on, unmodified, needs no copy: a hard link to the same
+# file is enough (sending an array straight back after a push is common).
+_kept: dict[int, tuple[str, int, int]] = {}
+
+
+def map_segment(name: str, nbytes: int, owned: bool) -> memoryview:
+    """Map a segment copy-on-write; the caller's writes stay private.
+
+    An `owned` segment (this process is its only receiver) stays linked until
+    the mapping is garbage-collected; otherwise this process links its own
+    name to it, so the sender may unlink its name whenever it likes.
+    """
     if not _NAME.match(name):
         raise ValueError(f"not a cohort segment name: {name!r}")
     path = os.path.join(SHM_DIR, name)
     fd = os.open(path, os.O_RDONLY)
     try:
-        mm = mmap.mmap(fd, nbytes, access=mmap.ACCESS_COPY)
+        mm = _Mapping(fd, nbytes, access=mmap.ACCESS_COPY)
     finally:
         os.close(fd)
-        if unlink_after:
-            unlink(name)
+    kept = name
+    if not owned:
+        kept = f"{name.rsplit('-', 1)[0]}-{os.urandom(8).hex()}"
+        try:
+            os.link(path, os.path.join(SHM_DIR, kept))
+        except OSError:
+            return memoryview(mm)
+    try:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    except (TypeError, ValueError):
+        address = None
+    if address is None:
+        unlink(kept)
+    else:
+        _kept[id(mm)] = (kept, address, nbytes)
+        weakref.finalize(mm, _forget, id(mm), kept)
     return memoryview(mm)
+
+
+def _forget(key: int, name: str) -> None:
+    _kept.pop(key, None)
+    unlink(name)
+
+
+def _backing(buf) -> tuple[str, int, int] | None:
+    """The kept segment whose whole mapping `buf` is, if any."""
+    o = buf.obj if isinstance(buf, memoryview) else buf
+    for _ in range(8):
+        if isinstance(o, _Mapping):
+            return _kept.get(id(o))
+        nxt = getattr(o, "base", None)
+        if nxt is None and isinstance(o, memoryview):
+            nxt = o.obj
+        if nxt is None or nxt is o:
+            return None
+        o = nxt
+    return None
+
+
+_PAGE = mmap.PAGESIZE
+_PRESENT, _FILE_OR_SHARED = 1 << 63, 1 << 61
+
+
+def _untouched(address: int, nbytes: int) -> bool:
+    """True if no page of this private mapping was written (none is anonymous now)."""
+    first, last = address // _PAGE, (address + nbytes - 1) // _PAGE
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(first * 8)
+            raw = f.read((last - first + 1) * 8)
+    except OSError:
+        return False
+    entries = array.array("Q")
+    entries.frombytes(raw)
+    if sys.byteorder != "little":
+        entries.byteswap()
+    mask = _PRESENT | _FILE_OR_SHARED | (1 << 62)  # swapped pages count as written
+    return all(e & mask != _PRESENT for e in entries) and len(entries) == last - first + 1
+
+
+def relink(buf) -> str | None:
+    """A new name for the segment `buf` was received in, if unmodified; None otherwise."""
+    if not _kept:
+        return None
+    info = _backing(buf)
+    if info is None:
+        return None
+    name, address, nbytes = info
+    view = memoryview(buf)
+    if view.nbytes != nbytes:
+        return None
+    try:
+        if ctypes.addressof(ctypes.c_char.from_buffer(view)) != address:
+            return None
+    except (TypeError, ValueError):
+        return None
+    if not _untouched(address, nbytes):
+        return None
+    new = f"{_prefix}-{os.urandom(8).hex()}"
+    try:
+        os.link(os.path.join(SHM_DIR, name), os.path.join(SHM_DIR, new))
+    except OSError:
+        return None
+    return new
 
 
 def unlink(name: str) -> None:
@@ -164,7 +243,7 @@ def offload(bufs: list, stream_idx: set, header: dict) -> list:
         if nbytes < THRESHOLD:
             continue
         try:
-            name = write_segment(b)
+            name = relink(b) or write_segment(b)
         except OSError as e:  # /dev/shm full: fall back to the socket
             log.warning("shared memory write failed (%s); sending %d bytes by socket", e, nbytes)
             continue
@@ -182,10 +261,10 @@ def discard(header: dict) -> None:
             unlink(entry[1])
 
 
-def restore(bufs: list, entries, unlink_after: bool = True) -> list:
+def restore(bufs: list, entries, owned: bool = True) -> list:
     """Receiver side: replace placeholder frames by their mapped segments."""
     out = list(bufs)
     for i, name, nbytes in entries:
-        out[i] = map_segment(name, nbytes, unlink_after)
+        out[i] = map_segment(name, nbytes, owned)
     return out
 
