@@ -58,13 +58,16 @@ def test_no_command_prints_help_and_fails(tmp_path):
     assert "usage" in (r.stdout + r.stderr).lower()
 
 
+def assert_no_cluster(home):
+    """`cohort status` and `cohort stop` both fail, saying no cluster runs."""
+    for command in ("status", "stop"):
+        r = cohort_cmd(home, command)
+        assert r.returncode != 0
+        assert "no cluster" in r.stderr
+
+
 def test_status_and_stop_without_a_cluster_fail(tmp_path):
-    r = cohort_cmd(tmp_path, "status")
-    assert r.returncode != 0
-    assert "no cluster" in r.stderr
-    r = cohort_cmd(tmp_path, "stop")
-    assert r.returncode != 0
-    assert "no cluster" in r.stderr
+    assert_no_cluster(tmp_path)
     assert not (tmp_path / "profile_default" / "controller.json").exists()
 
 
@@ -170,9 +173,4 @@ def test_stop_then_stop_again_and_status(cli_home, started):
         cid = started["info"].cluster_id
         assert [p for p in os.listdir("/dev/shm") if p.startswith(f"cohort-{cid}-")] == []
 
-    r = cohort_cmd(cli_home, "stop")
-    assert r.returncode != 0
-    assert "no cluster" in r.stderr
-    r = cohort_cmd(cli_home, "status")
-    assert r.returncode != 0
-    assert "no cluster" in r.stderr
+    assert_no_cluster(cli_home)

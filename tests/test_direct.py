@@ -819,3 +819,29 @@ def test_pull_after_an_in_place_change_on_the_engine_sends_the_new_data(rc):
     first[0] = 99.0                              # and the client's change stays on the client
     assert e0.apply_sync(lambda: float(rt[0])) == 0.0  # noqa: F821 (the engine's namespace)
     e0.execute("del rt", block=True)
+
+
+def test_closing_a_client_fails_what_it_still_waits_for(rc, cluster):
+    other = cohort.Client(cluster.connection_file, stream_output=False)
+    waiting = other[0].execute("import time; time.sleep(3)")
+    other.close()
+    with pytest.raises(cohort.errors.ControllerError, match="closed"):
+        waiting.get(timeout=10)
+
+
+def test_an_exception_whose_str_fails_still_comes_back(rc):
+    code = ("class Odd(Exception):\n"
+            "    def __str__(self):\n"
+            "        raise RuntimeError('no str for you')\n"
+            "raise Odd()")
+    with pytest.raises(cohort.RemoteError) as info:
+        rc[0].execute(code, block=True)
+    assert info.value.ename == "Odd" and "str failed" in info.value.evalue
+    assert rc[0].apply_sync(lambda: 7) == 7
+
+
+def test_a_nonsense_target_fails_at_once(rc):
+    with pytest.raises(TypeError, match="engine ids are ints"):
+        rc[[[0]]].apply(lambda: 1)
+    with pytest.raises(cohort.EngineError, match="not connected"):
+        rc[[9999]].apply(lambda: 1).get(timeout=10)

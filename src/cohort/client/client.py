@@ -55,6 +55,7 @@ class Client:
         self._ping_sub.connect(self.info.url("hb_ping"))
         self.controller_timeout = controller_timeout
         self._send_lock = threading.Lock()
+        self._pending_lock = threading.Lock()  # guards swapping the two dicts below
         self._pending: dict = {}      # task msg id -> (AsyncResult, index)
         self._requests: dict = {}     # control request id -> Future-like AsyncResult
         self._engines: dict = {}
@@ -151,17 +152,22 @@ class Client:
 
     def _controller_lost(self) -> None:
         """No heartbeat from the controller: fail what waits on it rather than hang."""
-        if not self._pending and not self._requests:
-            return
-        why = (f"the controller at {self.info.url('client')} sent no heartbeat for "
-               f"{self.controller_timeout:g} s; the task's outcome is unknown")
-        log.error("%s", why)
-        pending, self._pending = self._pending, {}
+        if self._pending or self._requests:
+            why = (f"the controller at {self.info.url('client')} sent no heartbeat for "
+                   f"{self.controller_timeout:g} s; the task's outcome is unknown")
+            log.error("%s", why)
+            self._fail_all(why)
+
+    def _fail_all(self, why: str) -> None:
+        """Fail every result and request still waiting, with ControllerError(why)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+            requests, self._requests = self._requests, {}
         for ar, i in pending.values():
             ar._deliver(i, {"status": "error"}, {"ename": "ControllerError", "evalue": why}, ())
-        requests, self._requests = self._requests, {}
         for fut in requests.values():
-            fut.set_result({"error": why})
+            if not fut.done():
+                fut.set_result({"error": why})
 
     @staticmethod
     def _show(eid, name: str, text: str) -> None:
@@ -194,8 +200,9 @@ class Client:
             ids.append(mid)
         ar = AsyncResult(self, ids, targets, kind, single=single, reduce=reduce,
                          payloads=[p for p in shared.values() if p.shared])
-        for i, mid in enumerate(ids):
-            self._pending[mid] = (ar, i)
+        with self._pending_lock:
+            for i, mid in enumerate(ids):
+                self._pending[mid] = (ar, i)
         for frames in frames_list:
             self._send(frames)
         return ar
@@ -218,7 +225,8 @@ class Client:
         from concurrent.futures import Future
         fut: Future = Future()
         mid = self.session.msg_id()
-        self._requests[mid] = fut
+        with self._pending_lock:
+            self._requests[mid] = fut
         self._send(self.session.build(msg_type, content, header={"id": mid}))
         try:
             reply = fut.result(timeout)
@@ -323,8 +331,10 @@ class Client:
         except Exception:
             pass
         self._closed = True
-        self._thread.join(1.0)
-        self._ctx.destroy(linger=200)
+        self._thread.join(5.0)
+        self._fail_all("the client was closed before the result arrived")
+        if not self._thread.is_alive():  # else leave the sockets to the exiting thread
+            self._ctx.destroy(linger=200)
 
     def __enter__(self) -> "Client":
         return self

@@ -47,6 +47,9 @@ class DirectView:
         ids = list(t)
         if not ids:
             raise NoEnginesError("this view has no engines")
+        bad = [i for i in ids if not isinstance(i, int)]
+        if bad:
+            raise TypeError(f"engine ids are ints (see rc.ids), not {bad[0]!r}")
         return ids, False
 
     def _call(self, kind, content=None, objects=(), targets=None, block=None, reduce=None,

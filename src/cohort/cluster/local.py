@@ -127,9 +127,9 @@ class Cluster:
         """Start everything and return a connected Client (waits for all engines)."""
         from ..client import Client
         deadline = time.monotonic() + self.start_timeout
-        self.start_controller()
-        self.add_engines(self.n)  # they connect as soon as the controller binds
         try:
+            self.start_controller()
+            self.add_engines(self.n)  # they connect as soon as the controller binds
             self._wait_controller(deadline)
             self.client = Client(self.connection_file, timeout=max(1.0, deadline - time.monotonic()))
             self.wait_for_engines(self.n, deadline)

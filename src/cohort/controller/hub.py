@@ -49,6 +49,7 @@ class Controller:
         self._stop = False
         self._beat = 0
         self._ghosts: dict[str, float] = {}
+        self._dead: set[str] = set()  # uuids of engines declared dead
         self.hostname = socket.gethostname()
 
     # --- set-up ------------------------------------------------------------
@@ -167,6 +168,8 @@ class Controller:
 
         Its tasks were already failed; a fresh engine can take its place.
         """
+        if uuid not in self._dead:  # not yet registered, or never known: not a ghost
+            return
         now = time.monotonic()
         if now - self._ghosts.get(uuid, -1e9) < 5.0:
             return
@@ -174,13 +177,16 @@ class Controller:
             self._ghosts.clear()
         self._ghosts[uuid] = now
         log.warning("engine %s was declared dead but is still running; telling it to exit", uuid)
-        self.send_engine(uuid.encode() + b".c", "shutdown", {"why": "declared dead by the controller"})
+        self.send_control(uuid, "shutdown", {"why": "declared dead by the controller"})
 
     def engine_lost(self, eid: int, why: str) -> None:
         rec = self.state.engines.get(eid)
         if rec is None:
             return
         sent, queued = self.state.remove_engine(eid)
+        if len(self._dead) > 10000:
+            self._dead.clear()
+        self._dead.add(rec.uuid)
         log.warning("engine %d (%s pid %s) lost: %s; failing %d running and %d queued tasks",
                     eid, rec.host, rec.pid, why, len(sent), len(queued))
         for t in sent:
@@ -215,6 +221,10 @@ class Controller:
     def send_engine(self, ident: bytes, msg_type: str, content: dict) -> None:
         self.engine_sock.send_multipart([ident, *self.session.build(msg_type, content)])
 
+    def send_control(self, uuid: str, msg_type: str, content: dict) -> None:
+        """To an engine's control socket, which answers even while it runs a task."""
+        self.send_engine(uuid.encode() + b".c", msg_type, content)
+
     def dispatch(self, task: TaskRecord) -> None:
         rec = self.state.engines[task.engine]
         self.engine_sock.send_multipart([rec.ident, *task.frames], copy=False)
@@ -239,7 +249,7 @@ class Controller:
                           msg.header if "shm" in msg.header else None)
         try:
             send_now = self.state.submit(task)
-        except KeyError:
+        except (KeyError, TypeError):  # unknown (or unhashable) target
             return self.fail_task(task, "EngineError",
                                   f"engine {target} is not connected (connected: "
                                   f"{sorted(self.state.engines)})", target)
@@ -253,9 +263,6 @@ class Controller:
 
     def client_disconnect(self, msg) -> None:
         self.clients.pop(msg.header["s"].encode(), None)
-
-    def client_engines(self, msg) -> None:
-        self.reply(msg, {"engines": self.engine_list()})
 
     def engine_list(self) -> list:
         return [e.summary() for e in self.state.engines.values()]
@@ -275,7 +282,7 @@ class Controller:
         for t in dropped:
             self.fail_task(t, "TaskAborted", f"task {t.id} was aborted before it ran", t.engine)
         for eid, ids in ask.items():
-            self.send_engine(self.state.engines[eid].ident + b".c", "abort", {"ids": ids})
+            self.send_control(self.state.engines[eid].uuid, "abort", {"ids": ids})
         self.reply(msg, {"aborted": len(dropped), "asked": sum(map(len, ask.values()))})
 
     def client_cancel(self, msg) -> None:
@@ -288,13 +295,13 @@ class Controller:
     def client_interrupt(self, msg) -> None:
         targets = self._targets(msg)
         for eid in targets:
-            self.send_engine(self.state.engines[eid].ident + b".c", "interrupt", {})
+            self.send_control(self.state.engines[eid].uuid, "interrupt", {})
         self.reply(msg, {"interrupted": targets})
 
     def client_shutdown(self, msg) -> None:
         targets = self._targets(msg)
         for eid in targets:
-            self.send_engine(self.state.engines[eid].ident + b".c", "shutdown", {})
+            self.send_control(self.state.engines[eid].uuid, "shutdown", {})
         stop = bool(msg.content.get("controller"))
         self.reply(msg, {"shutdown": targets, "controller": stop})
         if stop:
@@ -312,12 +319,14 @@ class Controller:
         if t == "result":
             eid = msg.header.get("e")
             if eid not in self.state.engines:
+                shm.discard(msg.header)
                 return self.tell_ghost(msg.idents[0].decode(errors="replace").removesuffix(".o"))
             task, nxt = self.state.complete(eid, msg.header.get("parent"),
                                             msg.header.get("status") == "ok")
             for n in nxt:
                 self.dispatch(n)
-            if task is None:
+            if task is None:  # failed meanwhile (heartbeat, abort): nobody waits for it
+                shm.discard(msg.header)
                 return
             if task.client in self.clients:
                 self.client_sock.send_multipart([task.client, *msg.frames], copy=False)
@@ -370,5 +379,6 @@ class Controller:
                 pass
         shm.sweep(self.info.cluster_id)
         self.monitor.close(linger=0)
-        self.ctx.destroy(linger=0)
+        self.client_sock.linger = 500  # let the last replies and failures go out
+        self.ctx.destroy(linger=500)
         log.info("controller stopped")

@@ -147,20 +147,23 @@ class HubState:
         to it that the engine must be asked to skip]}).
         """
         wanted = None if ids is None else set(ids)
+
+        def chosen(t) -> bool:
+            return t.client == client and (wanted is None or t.id in wanted)
+
         engines = [self.engines[t] for t in targets if t in self.engines] \
             if targets is not None else list(self.engines.values())
         dropped, ask = [], {}
         for rec in engines:
             keep = deque()
             for t in rec.queue:
-                if t.client == client and (wanted is None or t.id in wanted):
+                if chosen(t):
                     dropped.append(t)
                     self.tasks.pop(t.id, None)
                 else:
                     keep.append(t)
             rec.queue = keep
-            sent = [t.id for t in rec.inflight.values()
-                    if t.client == client and (wanted is None or t.id in wanted)]
+            sent = [t.id for t in rec.inflight.values() if chosen(t)]
             if sent:
                 ask[rec.id] = sent
         return dropped, ask

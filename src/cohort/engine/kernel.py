@@ -28,6 +28,7 @@ import time
 import traceback
 import types
 import uuid as uuidlib
+from collections import deque
 
 import zmq
 from zmq.devices import ThreadDevice
@@ -65,6 +66,7 @@ class Engine:
         self.current: str | None = None
         self._in_user = False
         self.aborted: set = set()
+        self._finished: deque = deque(maxlen=64)  # results sent; an abort cannot claim them
         self._stop = threading.Event()
         self._cell = 0
         self._functions: dict = {}  # pickled bytes -> function
@@ -82,13 +84,6 @@ class Engine:
 
     def connect(self) -> None:
         info = self.info
-        self.heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
-        self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
-        self.heart.connect_in(info.url("hb_ping"))
-        self.heart.setsockopt_out(zmq.IDENTITY, self.uuid.encode())
-        self.heart.connect_out(info.url("hb_pong"))
-        self.heart.daemon = True
-        self.heart.start()
         url = info.url("engine")
         self.task_sock = self._dealer(self.uuid, url)
         self.out_sock = self._dealer(self.uuid + ".o", url)
@@ -105,6 +100,14 @@ class Engine:
                "cwd": os.getcwd(), "shm": self.shm}
         reply = self._handshake(self.task_sock, "register", reg, "registered")
         self.id = reply.content["id"]
+        # heartbeats only now: before registering, our pongs would be a stranger's
+        self.heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
+        self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
+        self.heart.connect_in(info.url("hb_ping"))
+        self.heart.setsockopt_out(zmq.IDENTITY, self.uuid.encode())
+        self.heart.connect_out(info.url("hb_pong"))
+        self.heart.daemon = True
+        self.heart.start()
         log.info("registered as engine %d with controller at %s", self.id, info.url("engine"))
 
     def _handshake(self, sock, msg_type, content, expect):
@@ -131,8 +134,8 @@ class Engine:
         self._main_ident = threading.get_ident()
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        ctl = threading.Thread(target=self._control_loop, name="cohort-control", daemon=True)
-        ctl.start()
+        self._ctl = threading.Thread(target=self._control_loop, name="cohort-control", daemon=True)
+        self._ctl.start()
         poller = zmq.Poller()
         poller.register(self.task_sock, zmq.POLLIN)
         try:
@@ -150,6 +153,8 @@ class Engine:
                     self.run_task(msg)
                 except KeyboardInterrupt:
                     log.info("interrupt arrived after the task finished; ignored")
+                except Exception:  # the engine's own failure: report it, keep serving
+                    log.exception("failed to run or answer %r", msg)
         finally:
             self.close()
 
@@ -201,6 +206,7 @@ class Engine:
         # only now: an abort racing with this task must not claim it (its result is sent)
         with self._task_lock:
             self.current = None
+            self._finished.append(task_id)
 
     def _load_function(self, frames):
         """Unpickle a shipped function, reusing the one decoded from the same bytes."""
@@ -259,8 +265,11 @@ class Engine:
         tb = e.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
             tb = tb.tb_next  # hide the engine's own frames
-        text = "".join(traceback.format_exception(type(e), e, tb))
-        return {"status": "error", "ename": type(e).__name__, "evalue": str(e),
+        try:
+            text = "".join(traceback.format_exception(type(e), e, tb))
+        except Exception as fmt_error:  # an exception whose __str__ itself raises
+            text = f"{type(e).__name__}: <traceback unavailable: {fmt_error!r}>"
+        return {"status": "error", "ename": type(e).__name__, "evalue": _safe_str(e),
                 "traceback": text, "engine": self.id}
 
     def _send_stream(self, name: str, text: str, parent: dict) -> None:
@@ -288,7 +297,11 @@ class Engine:
                 self._shutdown()
                 return
             if self.ctl_sock in events:
-                msg = self.session.receive(self.ctl_sock.recv_multipart(copy=False))
+                try:
+                    frames = self.ctl_sock.recv_multipart(copy=False)
+                except zmq.ZMQError:
+                    return
+                msg = self.session.receive(frames)
                 if msg is None:
                     continue
                 t = msg.header["t"]
@@ -331,7 +344,7 @@ class Engine:
         done = []
         with self._task_lock:
             for i in ids:
-                if i != self.current:
+                if i != self.current and i not in self._finished:
                     self.aborted.add(i)
                     done.append(i)
         # a task that already finished is reported by its result first; the controller ignores the rest
@@ -353,6 +366,9 @@ class Engine:
         except Exception:
             pass
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        ctl = getattr(self, "_ctl", None)
+        if ctl is not None:
+            ctl.join(1.0)  # it polls every 0.5 s and sees the stop flag
         self.ctx.destroy(linger=1000)
 
 
@@ -361,6 +377,13 @@ _SEND_CODE = Engine.send.__code__
 # code an interrupt must not break into: the wire, output capture, pyzmq
 _CRITICAL = tuple(os.path.dirname(os.path.abspath(m.__file__)) for m in (zmq, wire_pkg)) + (
     os.path.join(_HERE, "capture.py"),)
+
+
+def _safe_str(value) -> str:
+    try:
+        return str(value)
+    except Exception as e:
+        return f"<str failed: {e!r}>"
 
 
 def _safe_repr(value) -> str:
