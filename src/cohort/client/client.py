@@ -10,6 +10,7 @@ import time
 import zmq
 
 from ..errors import ControllerError, TimeoutError
+from ..liveness import HeartbeatWatch
 from ..profile import ConnectionInfo, resolve_connection_file
 from ..wire import Payload, Session, shm
 from .asyncresult import AsyncResult
@@ -49,10 +50,7 @@ class Client:
         self._recv_sock.linger = 0
         self._recv_sock.rcvhwm = 0
         self._recv_sock.connect(url)
-        self._ping_sub = self._ctx.socket(zmq.SUB)
-        self._ping_sub.linger = 0
-        self._ping_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self._ping_sub.connect(self.info.url("hb_ping"))
+        self._watch = HeartbeatWatch(self._ctx, self.info.url("hb_ping"), controller_timeout)
         self.controller_timeout = controller_timeout
         self._send_lock = threading.Lock()
         self._pending_lock = threading.Lock()  # guards swapping the two dicts below
@@ -86,21 +84,16 @@ class Client:
 
     # --- I/O thread ---------------------------------------------------------
     def _io_loop(self) -> None:
-        sock, pings = self._recv_sock, self._ping_sub
+        sock, watch = self._recv_sock, self._watch
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(pings, zmq.POLLIN)
-        last_ping = time.monotonic()
+        poller.register(watch.socket, zmq.POLLIN)
         while not self._closed:
             try:
                 events = dict(poller.poll(100))
-                if pings in events:
-                    while pings.poll(0):
-                        pings.recv()
-                    last_ping = time.monotonic()
-                elif time.monotonic() - last_ping > self.controller_timeout:
+                if watch.silent(events):
                     self._controller_lost()
-                    last_ping = time.monotonic()
+                    watch.reset()
                 if sock not in events:
                     continue
                 frames = sock.recv_multipart(copy=False)

@@ -178,11 +178,7 @@ class Cluster:
         if self.private:
             shutil.rmtree(self.folder, ignore_errors=True)
         else:
-            for name in ("cluster.json",):
-                try:
-                    (self.folder / name).unlink()
-                except FileNotFoundError:
-                    pass
+            (self.folder / "cluster.json").unlink(missing_ok=True)
         from ..wire import shm
         shm.sweep(self.info.cluster_id)
 

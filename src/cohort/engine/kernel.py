@@ -33,6 +33,7 @@ from collections import deque
 import zmq
 from zmq.devices import ThreadDevice
 
+from ..liveness import HeartbeatWatch
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
 from .. import wire as wire_pkg
@@ -88,10 +89,7 @@ class Engine:
         self.task_sock = self._dealer(self.uuid, url)
         self.out_sock = self._dealer(self.uuid + ".o", url)
         self.ctl_sock = self._dealer(self.uuid + ".c", url)
-        self.ping_sub = self.ctx.socket(zmq.SUB)
-        self.ping_sub.linger = 0
-        self.ping_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.ping_sub.connect(info.url("hb_ping"))
+        self.watch = HeartbeatWatch(self.ctx, info.url("hb_ping"), self.controller_timeout)
         # the control socket first, so the controller can reach it once we are registered
         self._handshake(self.ctl_sock, "hello", {}, "welcome")
         self.shm = shm.enable(info.cluster_id, info.shm_token)
@@ -279,19 +277,14 @@ class Engine:
     def _control_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.ctl_sock, zmq.POLLIN)
-        poller.register(self.ping_sub, zmq.POLLIN)
-        last_ping = time.monotonic()
+        poller.register(self.watch.socket, zmq.POLLIN)
+        self.watch.reset()
         while not self._stop.is_set():
             try:
                 events = dict(poller.poll(500))
             except zmq.ZMQError:  # sockets closed at exit
                 return
-            now = time.monotonic()
-            if self.ping_sub in events:
-                while self.ping_sub.poll(0):
-                    self.ping_sub.recv()
-                last_ping = now
-            elif now - last_ping > self.controller_timeout:
+            if self.watch.silent(events):
                 log.error("no heartbeat from the controller for %g s; engine %s exits",
                           self.controller_timeout, self.id)
                 self._shutdown()
