@@ -41,6 +41,42 @@ class TaskAborted(CohortError):
     """The task was dropped from its queue by `Client.abort` before it ran."""
 
 
+class TaskTimeout(CohortError, builtins.TimeoutError):
+    """A task ran longer than its policy's `timeout` and was stopped.
+
+    The engine was interrupted (and restarted if it did not stop); it is back
+    in service. Raise the timeout or split the work if the task needs longer.
+    """
+
+
+class TaskCancelled(CohortError):
+    """The task was cancelled before it finished: a task of its group failed
+    under ``on_failure="cancel_rest"``, or it was cancelled by request."""
+
+
+class DependencyError(CohortError):
+    """A task's ``after=``/``follow=`` dependencies failed or cannot be met,
+    so it was not run."""
+
+
+class CoprocessTimeout(TaskTimeout):
+    """An external program run by `cohort.coprocess` ran past its timeout.
+
+    Its whole process tree was killed; `stdout` and `stderr` hold what it
+    wrote before that, and `args` the command line.
+    """
+
+    def __init__(self, message: str, args=None, stdout="", stderr="", timeout=None):
+        super().__init__(message)
+        self.cmd = args
+        self.stdout = stdout
+        self.stderr = stderr
+        self.timeout = timeout
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.cmd, self.stdout, self.stderr, self.timeout))
+
+
 class EngineError(CohortError):
     """The engine running (or queued to run) a task died or left.
 
@@ -114,6 +150,10 @@ def error_from_content(content: dict, engine_id: int | None = None,
         return TaskAborted(evalue)
     if ename == "EngineError":
         return EngineError(evalue, eid)
-    if ename in ("NoEnginesError", "ControllerError"):
+    if ename in _PLAIN:
         return globals()[ename](evalue)
     return RemoteError(eid, ename, evalue, content.get("traceback", ""), task_id)
+
+
+_PLAIN = frozenset({"NoEnginesError", "ControllerError", "TaskTimeout", "TaskCancelled",
+                    "DependencyError"})
