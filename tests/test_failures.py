@@ -45,7 +45,7 @@ def robust(cohort_home):
 
 # --- engines dying ------------------------------------------------------------------------
 def test_sigkill_engine_mid_task(make_cluster):
-    cl = make_cluster(n=2)
+    cl = make_cluster(n=2, restart_engines=False)  # replacement engines: see test_farm.py
     rc = cl.client
     victim, survivor = 0, 1
     proc = engine_popen(cl, victim)

@@ -9,10 +9,11 @@
 """
 
 from . import errors
-from .client import AsyncResult, Client, DirectView
+from .client import AsyncResult, Client, DirectView, LoadBalancedView, MapResult
 from .cluster import Cluster
-from .errors import (CohortError, CompositeError, EngineError, NoEnginesError, RemoteError,
-                     TaskAborted, TimeoutError)
+from .errors import (CohortError, CompositeError, DependencyError, EngineError, NoEnginesError,
+                     RemoteError, TaskAborted, TaskCancelled, TaskTimeout, TimeoutError)
+from .policy import Policy
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ def connect(connection_file=None, profile: str | None = None, **kwargs) -> Clien
     return Client(connection_file, profile=profile, **kwargs)
 
 
-__all__ = ["AsyncResult", "Client", "Cluster", "CohortError", "CompositeError", "DirectView",
-           "EngineError", "NoEnginesError", "RemoteError", "TaskAborted", "TimeoutError",
+__all__ = ["AsyncResult", "Client", "Cluster", "CohortError", "CompositeError", "DependencyError",
+           "DirectView", "EngineError", "LoadBalancedView", "MapResult", "NoEnginesError", "Policy",
+           "RemoteError", "TaskAborted", "TaskCancelled", "TaskTimeout", "TimeoutError",
            "connect", "errors"]

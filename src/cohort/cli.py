@@ -51,7 +51,8 @@ def cmd_start(args) -> int:
         cf.unlink()  # left by a cluster that died
     t0 = time.monotonic()
     cluster = Cluster(n=args.n, connection_file=cf, detached=True, ip=args.ip,
-                      log_level=args.log_level, start_timeout=args.timeout)
+                      log_level=args.log_level, start_timeout=args.timeout,
+                      restart_engines=not args.no_restart)
     try:
         rc = cluster.start()
     except ClusterStartError as e:
@@ -153,7 +154,7 @@ def cmd_controller(args) -> int:
     if info is None:
         info = ConnectionInfo.new(ip=args.ip or "127.0.0.1")
     ctl = Controller(info, cf, hb_period=args.hb_period, hb_timeout=args.hb_timeout,
-                     window=args.window)
+                     window=args.window, lb_window=args.lb_window, kill_grace=args.kill_grace)
     try:
         ctl.bind()
     except Exception as e:
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", type=int, default=None, help="number of engines (default: one per core)")
     sp.add_argument("--ip", default="127.0.0.1", help="address the controller binds (default 127.0.0.1)")
     sp.add_argument("--timeout", type=float, default=60, help="seconds to wait for the engines (60)")
+    sp.add_argument("--no-restart", action="store_true",
+                    help="do not replace engines that die (by default the controller starts a "
+                         "new one, so the cluster keeps its size)")
     sp.add_argument("--log-level", default="INFO")
 
     sp = add("stop", cmd_stop, "stop the cluster started by `cohort start`")
@@ -216,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--hb-period", type=float, default=0.5, help="seconds between heartbeats (0.5)")
     sp.add_argument("--hb-timeout", type=float, default=2.5,
                     help="seconds of silence after which an engine is dead (2.5)")
-    sp.add_argument("--window", type=int, default=8, help="tasks in flight per engine (8)")
+    sp.add_argument("--window", type=int, default=8, help="direct tasks in flight per engine (8)")
+    sp.add_argument("--lb-window", type=int, default=2,
+                    help="load-balanced tasks in flight per engine (2)")
+    sp.add_argument("--kill-grace", type=float, default=3.0,
+                    help="seconds an engine has to stop a timed-out task before it is killed (3)")
     sp.add_argument("--log-level", default="INFO")
 
     sp = add("engine", cmd_engine, "run one engine in the foreground; it joins the cluster of --file")

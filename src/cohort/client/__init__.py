@@ -1,7 +1,9 @@
-"""The client side: Client, views, AsyncResult."""
+"""The client side: Client, views, AsyncResult, MapResult, executor."""
 
 from .asyncresult import AsyncResult
 from .client import Client
+from .lbview import LoadBalancedView
+from .mapresult import MapResult
 from .view import DirectView
 
-__all__ = ["AsyncResult", "Client", "DirectView"]
+__all__ = ["AsyncResult", "Client", "DirectView", "LoadBalancedView", "MapResult"]

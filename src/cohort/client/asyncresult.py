@@ -39,6 +39,8 @@ class AsyncResult(Future):
         self._exec_results: list = [None] * n
         self._left = n
         self._lock = threading.Lock()
+        self.retries = 0        # times the controller resubmitted it (load-balanced tasks)
+        self._parent = None     # the MapResult this is a chunk of
         self.submitted = time.time()
         self.received: float | None = None
         if n == 0:
@@ -53,11 +55,18 @@ class AsyncResult(Future):
         else:
             self._errors[index] = error_from_content(content, header.get("e"), self.msg_ids[index])
         self._headers[index] = header
+        if self.targets[index] is None:  # load-balanced: now we know where it ran
+            self.targets[index] = header.get("e")
         with self._lock:
             self._left -= 1
             last = self._left == 0
         if last:
             self._finish()
+
+    def _retrying(self) -> None:
+        self.retries += 1
+        if self._parent is not None:
+            self._parent._retrying()
 
     def _stream(self, index: int, name: str, text: str) -> None:
         self._outputs[index][name].append(text)
@@ -92,6 +101,8 @@ class AsyncResult(Future):
         try:
             return self.result(timeout)
         except _FutureTimeout:
+            if self.done():  # the task's own error is a TimeoutError (TaskTimeout)
+                raise
             raise TimeoutError(f"{self!r} did not finish within {timeout} s (it is still "
                                f"running; call get() again, or abort it)") from None
 

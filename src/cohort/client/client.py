@@ -14,6 +14,7 @@ from ..liveness import HeartbeatWatch
 from ..profile import ConnectionInfo, resolve_connection_file
 from ..wire import Payload, Session, shm
 from .asyncresult import AsyncResult
+from .lbview import LoadBalancedView
 from .view import DirectView
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,12 @@ class Client:
                 entry[0]._stream(entry[1], msg.content["name"], msg.content["text"])
             if self.stream_output:
                 self._show(hdr.get("e"), msg.content["name"], msg.content["text"])
+        elif t == "retrying":
+            entry = self._pending.get(msg.content.get("id"))
+            if entry is not None:
+                entry[0]._retrying()
+            log.info("task %s failed (%s); retrying, attempt %s", msg.content.get("id"),
+                     msg.content.get("why"), msg.content.get("attempt"))
         elif t == "reply":
             fut = self._requests.pop(hdr["parent"], None)
             if fut is not None:
@@ -200,6 +207,18 @@ class Client:
             self._send(frames)
         return ar
 
+    def _submit_lb(self, objects, header: dict) -> AsyncResult:
+        """Send one load-balanced task; the controller picks its engine."""
+        mid = self.session.msg_id()
+        # no shared memory for its arguments: a retry may send them again
+        frames = self.session.build("apply", None, header=dict(header, id=mid, rshm=self.shm),
+                                    payload=Payload(objects))
+        ar = AsyncResult(self, [mid], [None], "apply", single=True)
+        with self._pending_lock:
+            self._pending[mid] = (ar, 0)
+        self._send(frames)
+        return ar
+
     def _shm_with(self, eid) -> bool:
         e = self._engines.get(eid)
         return bool(self.shm and e is not None and e.get("shm"))
@@ -252,6 +271,21 @@ class Client:
         if isinstance(key, (list, tuple)):
             return DirectView(self, list(key))
         raise TypeError(f"index engines with an int, a slice or a list, not {type(key).__name__}")
+
+    def load_balanced_view(self, policy=None, block: bool = False, **flags) -> LoadBalancedView:
+        """A view that sends each task to the least-loaded engine, under a policy.
+
+        ``lv = rc.load_balanced_view(retries=2, timeout=60)``; see `cohort.Policy`.
+        """
+        return LoadBalancedView(self, policy, block=block, **flags)
+
+    def executor(self, policy=None, **flags):
+        """A `concurrent.futures.Executor` on the load-balanced view.
+
+        ``with rc.executor() as ex: ex.submit(f, x)`` runs code written for
+        `ProcessPoolExecutor` unchanged; policy flags apply to every task.
+        """
+        return self.load_balanced_view(policy, **flags).executor()
 
     def direct_view(self, targets="all", block: bool = False) -> DirectView:
         """A view; ``"all"`` follows the engines connected at each call."""

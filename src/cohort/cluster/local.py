@@ -49,12 +49,14 @@ class Cluster:
 
     Use as a context manager for a cluster that lives as long as a script or
     test: ``with Cluster(n=4) as rc: ...`` gives a connected `Client`.
+    With `restart_engines` (the default), the controller starts a new engine
+    in place of one that dies, so the cluster keeps its size.
     """
 
     def __init__(self, n: int | None = None, profile: str | None = None,
                  connection_file=None, detached: bool = False, ip: str = "127.0.0.1",
                  log_level: str = "INFO", engine_args=(), controller_args=(),
-                 start_timeout: float = 60.0):
+                 start_timeout: float = 60.0, restart_engines: bool = True):
         self.n = n if n is not None else (os.cpu_count() or 1)
         self.profile = profile
         self.detached = detached
@@ -63,6 +65,7 @@ class Cluster:
         self.engine_args = list(engine_args)
         self.controller_args = list(controller_args)
         self.start_timeout = start_timeout
+        self.restart_engines = restart_engines
         self.private = connection_file is None
         self.info = ConnectionInfo.new(ip=ip)
         if connection_file is None:
@@ -77,10 +80,10 @@ class Cluster:
         self.client = None
 
     # --- processes ---------------------------------------------------------
-    def _spawn(self, args: list, log_name: str) -> subprocess.Popen:
+    def _spawn(self, args: list, log_name: str, env=None) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_dir / log_name, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         try:
             return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                     env=env, start_new_session=True, cwd=os.getcwd())
@@ -103,7 +106,8 @@ class Cluster:
             i = len(self.engines)
             p = self._spawn(_python_cmd("engine", "--file", str(self.connection_file),
                                         "--log-level", self.log_level, *self.engine_args),
-                            f"engine-{i}.log")
+                            f"engine-{i}.log",
+                            {"COHORT_RESTART_ENGINE": "1" if self.restart_engines else "0"})
             self.engines.append(p)
             new.append(p)
         return new

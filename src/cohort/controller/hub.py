@@ -18,7 +18,10 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import time
+from collections import deque
+from pathlib import Path
 
 import zmq
 
@@ -37,11 +40,12 @@ class Controller:
     """Routes work between clients and engines and watches engine heartbeats."""
 
     def __init__(self, info: ConnectionInfo, connection_file=None, hb_period: float = 0.5,
-                 hb_timeout: float = 2.5, window: int = 8):
+                 hb_timeout: float = 2.5, window: int = 8, lb_window: int = 2,
+                 kill_grace: float = 3.0):
         self.info = info
         self.connection_file = connection_file
         self.session = Session(info.key, session_id="controller")
-        self.state = HubState(window=window)
+        self.state = HubState(window=window, lb_window=lb_window, kill_grace=kill_grace)
         self.hb_period = hb_period
         self.hb_timeout = hb_timeout
         self.clients: dict[bytes, dict] = {}
@@ -51,6 +55,8 @@ class Controller:
         self._ghosts: dict[str, float] = {}
         self._dead: set[str] = set()  # uuids of engines declared dead
         self.hostname = socket.gethostname()
+        self._children: list = []     # engines this controller started in place of dead ones
+        self._restarts: deque = deque(maxlen=64)  # when they were started
 
     # --- set-up ------------------------------------------------------------
     def bind(self) -> ConnectionInfo:
@@ -102,7 +108,11 @@ class Controller:
         next_beat = time.monotonic()
         try:
             while not self._stop:
-                wait = max(0.0, next_beat - time.monotonic())
+                wake = next_beat
+                deadline = self.state.next_deadline()
+                if deadline is not None and deadline < wake:
+                    wake = deadline
+                wait = max(0.0, wake - time.monotonic())
                 events = poller.poll(int(wait * 1000) + 1)
                 for sock, _ in events:
                     if sock is self.hb_pong:
@@ -115,6 +125,12 @@ class Controller:
                 if now >= next_beat:
                     next_beat = now + self.hb_period
                     self._heartbeat(now)
+                    self.state.tick(now)
+                    self.act()
+                    self._children = [p for p in self._children if p.poll() is None]
+                elif deadline is not None and now >= deadline:
+                    self.state.tick(now)
+                    self.act()
         finally:
             self.close()
 
@@ -179,11 +195,79 @@ class Controller:
         log.warning("engine %s was declared dead but is still running; telling it to exit", uuid)
         self.send_control(uuid, "shutdown", {"why": "declared dead by the controller"})
 
-    def engine_lost(self, eid: int, why: str) -> None:
+    def kill_engine(self, eid: int, why: str) -> None:
+        """Stop an engine that will not stop its task: SIGKILL if it runs on this
+        host, else tell it to exit; either way it is gone from the cluster."""
         rec = self.state.engines.get(eid)
         if rec is None:
             return
-        sent, queued = self.state.remove_engine(eid)
+        log.warning("killing engine %d (%s pid %s): %s", eid, rec.host, rec.pid, why)
+        if rec.local and proc_starttime(rec.pid) == rec.starttime:
+            try:
+                os.kill(rec.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        else:
+            self.send_control(rec.uuid, "shutdown", {"why": why})
+        self.engine_lost(eid, f"killed by the controller: {why}")
+
+    def act(self) -> None:
+        """Carry out what the state decided."""
+        out = self.state.drain()
+        if not out:
+            return
+        for task in out.send:
+            self.dispatch(task)
+        for task, ename, evalue in out.fail:
+            self.fail_task(task, ename, evalue, task.engine)
+        for eid, tid in out.interrupt:
+            rec = self.state.engines.get(eid)
+            if rec is not None:
+                self.send_control(rec.uuid, "interrupt", {"ids": [tid]})
+        for eid, tid in out.abort:
+            rec = self.state.engines.get(eid)
+            if rec is not None:
+                self.send_control(rec.uuid, "abort", {"ids": [tid]})
+        for ident, msg_type, content in out.notify:
+            if ident in self.clients:
+                self.send_client(ident, msg_type, content)
+        for eid, why in out.kill:
+            self.kill_engine(eid, why)
+
+    def restart_engine(self, rec) -> None:
+        """Start a replacement for a dead engine that was started by a cluster."""
+        cmd = rec.info.get("restart")
+        if self._stop or not cmd or not rec.local:
+            return
+        now = time.monotonic()
+        recent = [t for t in self._restarts if now - t < 60]
+        if len(recent) >= max(8, 2 * (len(self.state.engines) + 1)):
+            log.error("not restarting engine %d: %d engines were restarted in the last minute; "
+                      "they seem to die at once (see their logs)", rec.id, len(recent))
+            return
+        self._restarts.append(now)
+        log_dir = Path(self.connection_file).parent / "logs" if self.connection_file else None
+        out = subprocess.DEVNULL
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(log_dir / f"engine-restart-{len(self._restarts)}-{os.getpid()}.log", "ab")
+        try:
+            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 start_new_session=True, cwd=rec.info.get("cwd") or None,
+                                 env=dict(os.environ, COHORT_RESTART_ENGINE="1"))
+            self._children.append(p)
+            log.info("started engine process %d to replace engine %d", p.pid, rec.id)
+        except OSError as e:
+            log.error("could not restart engine %d (%s): %s", rec.id, cmd, e)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+
+    def engine_lost(self, eid: int, why: str, restart: bool = True) -> None:
+        rec = self.state.engines.get(eid)
+        if rec is None:
+            return
+        sent, queued = self.state.remove_engine(eid, why)
         if len(self._dead) > 10000:
             self._dead.clear()
         self._dead.add(rec.uuid)
@@ -198,6 +282,9 @@ class Controller:
                            f"engine {eid} ({rec.host}, pid {rec.pid}) died before task {t.id} "
                            f"started: {why}", eid)
         self.broadcast("engine_left", {"id": eid, "why": why})
+        self.act()
+        if restart:
+            self.restart_engine(rec)
 
     # --- messages to clients ----------------------------------------------
     def send_client(self, ident: bytes, msg_type: str, content: dict, header=None) -> None:
@@ -244,9 +331,15 @@ class Controller:
         client = msg.header["s"].encode()
         if client not in self.clients:  # a client that never said hello still gets results
             self.clients[client] = {"connected": time.time(), "session": msg.header["s"]}
-        target = msg.header.get("target")
-        task = TaskRecord(msg.header["id"], client, target, msg.frames,
-                          msg.header if "shm" in msg.header else None)
+        hdr = msg.header
+        if hdr.get("lb"):
+            self.state.submit_lb(TaskRecord(
+                hdr["id"], client, None, msg.frames, hdr if "shm" in hdr else None, lb=True,
+                policy=hdr.get("pol"), group=hdr.get("g"), after=hdr.get("after", ()),
+                follow=hdr.get("follow", ())))
+            return self.act()
+        target = hdr.get("target")
+        task = TaskRecord(hdr["id"], client, target, msg.frames, hdr if "shm" in hdr else None)
         try:
             send_now = self.state.submit(task)
         except (KeyError, TypeError):  # unknown (or unhashable) target
@@ -284,6 +377,7 @@ class Controller:
         for eid, ids in ask.items():
             self.send_control(self.state.engines[eid].uuid, "abort", {"ids": ids})
         self.reply(msg, {"aborted": len(dropped), "asked": sum(map(len, ask.values()))})
+        self.act()
 
     def client_cancel(self, msg) -> None:
         dropped = self.state.cancel(msg.header["s"].encode(), msg.content.get("ids", ()))
@@ -291,6 +385,7 @@ class Controller:
             if t.header is not None:
                 shm.discard(t.header)
         self.reply(msg, {"cancelled": bool(dropped)})
+        self.act()
 
     def client_interrupt(self, msg) -> None:
         targets = self._targets(msg)
@@ -321,10 +416,12 @@ class Controller:
             if eid not in self.state.engines:
                 shm.discard(msg.header)
                 return self.tell_ghost(msg.idents[0].decode(errors="replace").removesuffix(".o"))
-            task, nxt = self.state.complete(eid, msg.header.get("parent"),
-                                            msg.header.get("status") == "ok")
+            ok = msg.header.get("status") == "ok"
+            task, nxt = self.state.complete(eid, msg.header.get("parent"), ok,
+                                            None if ok else msg.content.get("ename"))
             for n in nxt:
                 self.dispatch(n)
+            self.act()
             if task is None:  # failed meanwhile (heartbeat, abort): nobody waits for it
                 shm.discard(msg.header)
                 return
@@ -337,11 +434,12 @@ class Controller:
         elif t == "aborted":
             eid = msg.header.get("e")
             for mid in msg.content.get("ids", ()):
-                task, nxt = self.state.complete(eid, mid, ok=False)
+                task, nxt = self.state.complete(eid, mid, ok=False, ename="TaskAborted")
                 for n in nxt:
                     self.dispatch(n)
                 if task is not None:
                     self.fail_task(task, "TaskAborted", f"task {mid} was aborted before it ran", eid)
+            self.act()
         elif t == "register":
             self.on_register(msg)
         elif t == "hello":  # the engine's control socket says it is connected
@@ -349,7 +447,7 @@ class Controller:
         elif t == "unregister":
             eid = msg.header.get("e")
             if eid in self.state.engines:
-                self.engine_lost(eid, "the engine shut down")
+                self.engine_lost(eid, "the engine shut down", restart=False)
         else:
             log.warning("unknown engine message %r", t)
 
@@ -362,6 +460,7 @@ class Controller:
         known = self.state.engine_by_uuid(uuid)
         rec = self.state.register(uuid, info, local=local)
         self.send_engine(ident, "registered", {"id": rec.id, "hb_period": self.hb_period})
+        self.act()
         if known is None:
             log.info("engine %d registered (%s pid %s%s)", rec.id, rec.host, rec.pid,
                      ", local" if local else "")
@@ -370,7 +469,7 @@ class Controller:
     # --- teardown ----------------------------------------------------------
     def close(self) -> None:
         for rec in list(self.state.engines.values()):
-            self.engine_lost(rec.id, "the controller stopped")
+            self.engine_lost(rec.id, "the controller stopped", restart=False)
         if self.connection_file:
             try:
                 if ConnectionInfo.read(self.connection_file).controller_pid == os.getpid():

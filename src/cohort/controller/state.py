@@ -1,11 +1,13 @@
 """The controller's bookkeeping as pure logic: events in, decisions out.
 
 No sockets here. The hub (`hub.py`) feeds events (an engine registered, a task
-arrived, a result came back, an engine died) and carries out what comes back
-(tasks to send now, tasks to fail). Direct tasks queue per engine at the
-controller; at most `window` of them are in flight on an engine at once, so a
-finished task is followed at once by the next without a round trip, and
-`abort` can drop queued ones without asking the engine.
+arrived, a result came back, an engine died, time passed) and carries out what
+comes back (tasks to send now, tasks to fail, engines to interrupt or kill).
+Direct tasks queue per engine at the controller; at most `window` of them are
+in flight on an engine at once, so a finished task is followed at once by the
+next without a round trip, and `abort` can drop queued ones without asking the
+engine. Load-balanced tasks are placed by `scheduler.LoadBalancer`, which
+shares these records.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from .scheduler import LoadBalancing
+
 
 class EngineRecord:
     __slots__ = ("id", "ident", "uuid", "host", "pid", "starttime", "local", "registered",
-                 "last_beat", "queue", "inflight", "completed", "failed", "info")
+                 "last_beat", "queue", "inflight", "completed", "failed", "info", "stuck")
 
     def __init__(self, eid: int, uuid: str, info: dict, local: bool = False):
         self.id = eid
@@ -33,9 +37,12 @@ class EngineRecord:
         self.completed = 0
         self.failed = 0
         self.info = info
+        self.stuck: tuple | None = None  # (task id, kill-after time) once told to stop a task
 
     @property
     def state(self) -> str:
+        if self.stuck is not None:
+            return "stopping"
         return "busy" if self.inflight else "idle"
 
     def summary(self) -> dict:
@@ -46,27 +53,46 @@ class EngineRecord:
 
 
 class TaskRecord:
-    __slots__ = ("id", "client", "engine", "frames", "submitted", "header")
+    """One task. Direct tasks name their `engine`; load-balanced ones (`lb`) get
+    one when placed, and carry a policy (timeout, retries, on_failure, ...)."""
 
-    def __init__(self, msg_id: str, client: bytes, engine: int, frames, header=None):
+    __slots__ = ("id", "client", "engine", "frames", "submitted", "header", "lb", "policy",
+                 "group", "after", "follow", "attempts", "tried", "started", "deadline",
+                 "zombie", "waiting", "queued_at")
+
+    def __init__(self, msg_id: str, client: bytes, engine, frames, header=None, lb=False,
+                 policy=None, group=None, after=(), follow=()):
         self.id = msg_id
         self.client = client
         self.engine = engine
         self.frames = frames
         self.header = header  # kept to release its shared-memory segments if it never runs
         self.submitted = time.time()
+        self.lb = lb
+        self.policy = policy or {}
+        self.group = group
+        self.after = list(after)
+        self.follow = list(follow)
+        self.attempts = 0       # times it started running
+        self.tried: set = set()  # engines it ran on and failed
+        self.started = None     # monotonic time it began on its engine (inferred, FIFO)
+        self.deadline = None
+        self.zombie = False     # already failed to the client; the engine still has it
+        self.waiting = 0        # unfinished dependencies
+        self.queued_at = time.monotonic()
 
 
-class HubState:
+class HubState(LoadBalancing):
     """Engines, their queues and the tasks in them."""
 
-    def __init__(self, window: int = 8):
+    def __init__(self, window: int = 8, lb_window: int = 2, kill_grace: float = 3.0):
         self.window = window
         self.engines: dict[int, EngineRecord] = {}
         self.by_uuid: dict[str, int] = {}
         self.tasks: dict[str, TaskRecord] = {}
         self._next_id = 0
         self.started = time.time()
+        self._init_lb(lb_window, kill_grace)
 
     # --- engines -----------------------------------------------------------
     def register(self, uuid: str, info: dict, local: bool = False) -> EngineRecord:
@@ -77,25 +103,27 @@ class HubState:
         rec = EngineRecord(eid, uuid, info, local)
         self.engines[eid] = rec
         self.by_uuid[uuid] = eid
+        self.schedule()  # waiting load-balanced work goes to it at once
         return rec
 
     def engine_by_uuid(self, uuid: str) -> EngineRecord | None:
         eid = self.by_uuid.get(uuid)
         return None if eid is None else self.engines.get(eid)
 
-    def remove_engine(self, eid: int) -> tuple[list, list]:
-        """Forget an engine; return (tasks that were running or sent, tasks queued)."""
+    def remove_engine(self, eid: int, why: str = "it left") -> tuple[list, list]:
+        """Forget an engine; return its direct tasks (running or sent, queued).
+
+        Its load-balanced tasks are requeued or failed by their policy (see `drain`).
+        """
         rec = self.engines.pop(eid, None)
         if rec is None:
             return [], []
         self.by_uuid.pop(rec.uuid, None)
-        sent = list(rec.inflight.values())
-        queued = list(rec.queue)
-        for t in sent:
-            self.tasks.pop(t.id, None)
-        for t in queued:
-            self.tasks.pop(t.id, None)
-        return sent, queued
+        queued = set(id(t) for t in rec.queue)
+        direct = self.engine_gone(rec, why)
+        self.schedule()
+        return ([t for t in direct if id(t) not in queued],
+                [t for t in direct if id(t) in queued])
 
     def beat(self, uuid: str, now: float) -> bool:
         """Record a heartbeat; False if no live engine has this uuid."""
@@ -117,18 +145,25 @@ class HubState:
         self.tasks[task.id] = task
         if len(rec.inflight) < self.window and not rec.queue:
             rec.inflight[task.id] = task
+            if len(rec.inflight) == 1:
+                self._begin(task, time.monotonic())
             return True
         rec.queue.append(task)
         return False
 
-    def complete(self, eid: int, msg_id: str, ok: bool = True) -> tuple[TaskRecord | None, list]:
-        """A result arrived; return (its task or None if unknown, tasks to send next)."""
-        task = self.tasks.pop(msg_id, None)
+    def complete(self, eid: int, msg_id: str, ok: bool = True, ename: str | None = None) -> tuple[TaskRecord | None, list]:
+        """A result arrived; return (the task to forward it for, or None; direct
+        tasks to send next). Load-balanced consequences (retries, dependents,
+        placements) come out of `drain`."""
         rec = self.engines.get(eid)
         if rec is None:
-            return task, []
-        if task is not None:
-            rec.inflight.pop(msg_id, None)
+            return None, []
+        entry = rec.inflight.pop(msg_id, None)
+        task = None
+        if entry is not None and entry.zombie:
+            self.zombie_done(rec, entry)
+        elif entry is not None:
+            task = self.tasks.pop(msg_id, None)
             if ok:
                 rec.completed += 1
             else:
@@ -138,6 +173,12 @@ class HubState:
             t = rec.queue.popleft()
             rec.inflight[t.id] = t
             nxt.append(t)
+        if entry is not None:
+            self.next_started(rec, time.monotonic())
+        if task is not None and task.lb and not self.lb_result(task, rec, ok, ename):
+            task = None
+        if entry is not None:
+            self.schedule()
         return task, nxt
 
     def abort(self, client: bytes, ids=None, targets=None) -> tuple[list, dict]:
@@ -163,9 +204,13 @@ class HubState:
                 else:
                     keep.append(t)
             rec.queue = keep
-            sent = [t.id for t in rec.inflight.values() if chosen(t)]
+            sent = [t.id for t in rec.inflight.values() if chosen(t) and not t.zombie]
             if sent:
                 ask[rec.id] = sent
+        if targets is None:  # load-balanced tasks not placed yet
+            for t in [t for t in self.tasks.values() if t.lb and t.engine is None and chosen(t)]:
+                self.drop_unplaced(t)
+                dropped.append(t)
         return dropped, ask
 
     def cancel(self, client: bytes, ids) -> list:
@@ -175,14 +220,17 @@ class HubState:
         """
         ids = list(dict.fromkeys(ids))
         found = [t for t in (self.tasks.get(i) for i in ids)
-                 if t is not None and t.client == client and t.engine in self.engines
-                 and t.id not in self.engines[t.engine].inflight]
+                 if t is not None and t.client == client and (
+                     t.engine is None if t.lb else
+                     t.engine in self.engines and t.id not in self.engines[t.engine].inflight)]
         if not ids or len(found) != len(ids):
             return []
         for t in found:
-            rec = self.engines[t.engine]
-            rec.queue.remove(t)
-            del self.tasks[t.id]
+            if t.lb:
+                self.drop_unplaced(t)
+            else:
+                self.engines[t.engine].queue.remove(t)
+                del self.tasks[t.id]
         return found
 
     def queue_status(self, targets=None) -> dict:

@@ -96,6 +96,8 @@ class Engine:
         reg = {"host": socket.gethostname(), "pid": os.getpid(),
                "starttime": proc_starttime(os.getpid()), "python": sys.version.split()[0],
                "cwd": os.getcwd(), "shm": self.shm}
+        if os.environ.get("COHORT_RESTART_ENGINE") == "1":  # started by a cluster: replace if it dies
+            reg["restart"] = [sys.executable, "-m", "cohort", *sys.argv[1:]]
         reply = self._handshake(self.task_sock, "register", reg, "registered")
         self.id = reply.content["id"]
         # heartbeats only now: before registering, our pongs would be a stranger's
@@ -299,7 +301,7 @@ class Engine:
                     continue
                 t = msg.header["t"]
                 if t == "interrupt":
-                    self.interrupt()
+                    self.interrupt(msg.content.get("ids"))
                 elif t == "abort":
                     self._abort(msg.content.get("ids", ()))
                 elif t == "shutdown":
@@ -318,7 +320,7 @@ class Engine:
         f = frame
         while f is not None and f.f_code is not _RUN_TASK_CODE:
             if f.f_code is _SEND_CODE or f.f_code.co_filename.startswith(_CRITICAL):
-                t = threading.Timer(0.02, self.interrupt)
+                t = threading.Timer(0.02, self.interrupt, ([self.current],))
                 t.daemon = True
                 t.start()
                 return
@@ -326,9 +328,10 @@ class Engine:
         if f is not None and frame.f_code is not _RUN_TASK_CODE:
             raise KeyboardInterrupt
 
-    def interrupt(self) -> None:
+    def interrupt(self, ids=None) -> None:
+        """Interrupt the running task (only if it is one of `ids`, when given)."""
         with self._task_lock:
-            busy = self.current is not None
+            busy = self.current is not None and (ids is None or self.current in ids)
         if busy:
             signal.pthread_kill(self._main_ident, signal.SIGINT)
 
