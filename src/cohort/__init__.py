@@ -13,6 +13,7 @@ from .client import AsyncResult, Client, DirectView, LoadBalancedView, MapResult
 from .cluster import Cluster
 from .errors import (CohortError, CompositeError, DependencyError, EngineError, NoEnginesError,
                      RemoteError, TaskAborted, TaskCancelled, TaskTimeout, TimeoutError)
+from .coprocess import CoprocessResult, coprocess
 from .policy import Policy
 
 __version__ = "0.1.0"
@@ -23,7 +24,8 @@ def connect(connection_file=None, profile: str | None = None, **kwargs) -> Clien
     return Client(connection_file, profile=profile, **kwargs)
 
 
-__all__ = ["AsyncResult", "Client", "Cluster", "CohortError", "CompositeError", "DependencyError",
+__all__ = ["AsyncResult", "Client", "Cluster", "CohortError", "CompositeError", "CoprocessResult",
+           "DependencyError", "coprocess",
            "DirectView", "EngineError", "LoadBalancedView", "MapResult", "NoEnginesError", "Policy",
            "RemoteError", "TaskAborted", "TaskCancelled", "TaskTimeout", "TimeoutError",
            "connect", "errors"]

@@ -290,3 +290,8 @@ def _kill_tree(proc, known: dict, grace: float) -> int:
         except subprocess.TimeoutExpired:
             log.error("coprocess: pid %d survived SIGKILL (stuck in the kernel?)", proc.pid)
     return len(hit)
+
+
+# a load-balanced view passes a task's policy timeout on to it, so it stops
+# its own process tree cleanly (see LoadBalancedView._apply)
+coprocess.accepts_task_timeout = True

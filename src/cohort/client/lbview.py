@@ -170,6 +170,9 @@ def dependency_ids(deps) -> list:
         return []
     if isinstance(deps, (str, AsyncResult, MapResult)):
         deps = [deps]
+    elif not isinstance(deps, (list, tuple, set)):
+        raise TypeError(f"dependencies are AsyncResults, MapResults, task ids or lists of "
+                        f"them, not {type(deps).__name__}")
     out = []
     for d in deps:
         if isinstance(d, str):

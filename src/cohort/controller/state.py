@@ -121,6 +121,8 @@ class HubState(LoadBalancing):
         self.by_uuid.pop(rec.uuid, None)
         queued = set(id(t) for t in rec.queue)
         direct = self.engine_gone(rec, why)
+        for t in direct:
+            self._finished(t, False)
         self.schedule()
         return ([t for t in direct if id(t) not in queued],
                 [t for t in direct if id(t) in queued])
@@ -175,8 +177,11 @@ class HubState(LoadBalancing):
             nxt.append(t)
         if entry is not None:
             self.next_started(rec, time.monotonic())
-        if task is not None and task.lb and not self.lb_result(task, rec, ok, ename):
-            task = None
+        if task is not None:
+            if not task.lb:
+                self._finished(task, ok)
+            elif not self.lb_result(task, rec, ok, ename):
+                task = None
         if entry is not None:
             self.schedule()
         return task, nxt
@@ -201,6 +206,7 @@ class HubState(LoadBalancing):
                 if chosen(t):
                     dropped.append(t)
                     self.tasks.pop(t.id, None)
+                    self._finished(t, False)
                 else:
                     keep.append(t)
             rec.queue = keep
@@ -231,6 +237,7 @@ class HubState(LoadBalancing):
             else:
                 self.engines[t.engine].queue.remove(t)
                 del self.tasks[t.id]
+                self._finished(t, False)
         return found
 
     def queue_status(self, targets=None) -> dict:
