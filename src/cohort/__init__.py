@@ -11,7 +11,7 @@
 from . import errors
 from .client import AsyncResult, Client, DirectView, LoadBalancedView, MapResult
 from .cluster import Cluster
-from .errors import (CohortError, CompositeError, DependencyError, EngineError, NoEnginesError,
+from .errors import (CohortError, CompositeError, ControllerError, DependencyError, EngineError, NoEnginesError,
                      RemoteError, TaskAborted, TaskCancelled, TaskTimeout, TimeoutError)
 from .coprocess import CoprocessResult, coprocess
 from .policy import Policy
@@ -24,8 +24,8 @@ def connect(connection_file=None, profile: str | None = None, **kwargs) -> Clien
     return Client(connection_file, profile=profile, **kwargs)
 
 
-__all__ = ["AsyncResult", "Client", "Cluster", "CohortError", "CompositeError", "CoprocessResult",
-           "DependencyError", "coprocess",
+__all__ = ["AsyncResult", "Client", "Cluster", "CohortError", "CompositeError", "ControllerError",
+           "CoprocessResult", "DependencyError", "coprocess",
            "DirectView", "EngineError", "LoadBalancedView", "MapResult", "NoEnginesError", "Policy",
            "RemoteError", "TaskAborted", "TaskCancelled", "TaskTimeout", "TimeoutError",
            "connect", "errors"]

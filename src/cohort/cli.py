@@ -16,6 +16,8 @@ EPILOG = """examples:
   cohort status                engines, clients, uptime
   cohort stop                  stop what `cohort start` started
   cohort engine --file F       start one engine that joins the cluster of connection file F
+  cohort tasks --state failed  recorded tasks that failed (with or without a running cluster)
+  cohort tasks --purge-older-than 30d   delete finished task records older than 30 days
 """
 
 
@@ -52,7 +54,8 @@ def cmd_start(args) -> int:
     t0 = time.monotonic()
     cluster = Cluster(n=args.n, connection_file=cf, detached=True, ip=args.ip,
                       log_level=args.log_level, start_timeout=args.timeout,
-                      restart_engines=not args.no_restart)
+                      restart_engines=not args.no_restart,
+                      controller_args=["--db", args.db] if args.db else ())
     try:
         rc = cluster.start()
     except ClusterStartError as e:
@@ -140,6 +143,67 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _parse_age(text: str) -> float:
+    """'90', '90s', '10m', '2h', '7d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise SystemExit(f"cohort: error: {text!r} is not a duration (try 90, 10m, 2h, 7d)")
+
+
+def cmd_tasks(args) -> int:
+    from .errors import CohortError
+    since = None if args.since is None else time.time() - _parse_age(args.since)
+    filters = {"state": args.state, "engine": args.engine, "client": args.client,
+               "since": since, "limit": args.limit}
+    filters = {k: v for k, v in filters.items() if v is not None}
+    purge = {"older_than": None if args.purge_older_than is None
+             else _parse_age(args.purge_older_than), "keep_last": args.keep_last}
+    purging = any(v is not None for v in purge.values())
+    cf = resolve_connection_file(None, args.profile)
+    rows = purged = None
+    if args.db is None and cf.exists() and _controller_alive(ConnectionInfo.read(cf)):
+        from .client import Client
+        try:
+            with Client(cf, timeout=5, stream_output=False) as rc:
+                purged = rc.purge_tasks(**purge) if purging else None
+                rows = rc.tasks(**filters)
+        except CohortError as e:
+            return _fail(str(e))
+    else:  # no controller: read the database itself
+        from .controller import taskdb
+        path = cf.parent / "tasks.db"
+        if args.db is None and not path.exists():
+            return _fail(f"no task database in profile {_profile_name(args)} ({path}); "
+                         f"tasks are recorded once a cluster runs there")
+        try:
+            with taskdb.open(args.db, path) as db:
+                purged = db.purge(**purge) if purging else None
+                rows = db.query(**filters)
+        except (CohortError, ValueError, ImportError) as e:
+            return _fail(str(e))
+    if purged is not None:
+        print(f"purged {purged} finished task record(s)", file=sys.stderr)
+    if args.json:
+        for r in rows:
+            r.pop("request", None), r.pop("result", None)
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'id':<26} {'kind':<8} {'state':<10} {'engine':>6} {'tries':>5} "
+          f"{'submitted':<19} {'seconds':>8}  error")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["submitted"] or 0))
+        took = (f"{r['completed'] - r['started']:.3f}" if r.get("completed") and r.get("started")
+                else "")
+        err = f"{r['ename']}: {(r['evalue'] or '')[:60]}" if r.get("ename") else ""
+        eng = "" if r["engine"] is None else r["engine"]
+        print(f"{r['id']:<26} {r['kind'] or '':<8} {r['state'] or '':<10} {eng:>6} "
+              f"{r['attempts'] or 0:>5} {when:<19} {took:>8}  {err}")
+    return 0
+
+
 def cmd_controller(args) -> int:
     _setup_logging(args.log_level, "controller")
     from .controller.hub import Controller
@@ -154,7 +218,8 @@ def cmd_controller(args) -> int:
     if info is None:
         info = ConnectionInfo.new(ip=args.ip or "127.0.0.1")
     ctl = Controller(info, cf, hb_period=args.hb_period, hb_timeout=args.hb_timeout,
-                     window=args.window, lb_window=args.lb_window, kill_grace=args.kill_grace)
+                     window=args.window, lb_window=args.lb_window, kill_grace=args.kill_grace,
+                     db=args.db)
     try:
         ctl.bind()
     except Exception as e:
@@ -201,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", type=int, default=None, help="number of engines (default: one per core)")
     sp.add_argument("--ip", default="127.0.0.1", help="address the controller binds (default 127.0.0.1)")
     sp.add_argument("--timeout", type=float, default=60, help="seconds to wait for the engines (60)")
+    sp.add_argument("--db", default=None,
+                    help="task database URL (default: tasks.db in the profile folder); "
+                         "postgresql://user:pw@host:port/db for PostgreSQL")
     sp.add_argument("--no-restart", action="store_true",
                     help="do not replace engines that die (by default the controller starts a "
                          "new one, so the cluster keeps its size)")
@@ -225,7 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="load-balanced tasks in flight per engine (2)")
     sp.add_argument("--kill-grace", type=float, default=3.0,
                     help="seconds an engine has to stop a timed-out task before it is killed (3)")
+    sp.add_argument("--db", default=os.environ.get("COHORT_DB"),
+                    help="task database: a SQLite path or postgresql://user:pw@host:port/db "
+                         "(default: $COHORT_DB, else tasks.db beside the connection file)")
     sp.add_argument("--log-level", default="INFO")
+
+    sp = add("tasks", cmd_tasks, "list recorded tasks (newest first), or purge old records")
+    sp.add_argument("--state", action="append",
+                    help="only these states (queued, running, done, failed, cancelled, aborted); "
+                         "repeat for several")
+    sp.add_argument("--engine", type=int, help="only tasks that ran on this engine")
+    sp.add_argument("--client", help="only tasks of this client session id")
+    sp.add_argument("--since", help="only tasks submitted within this long (90, 10m, 2h, 7d)")
+    sp.add_argument("--limit", type=int, default=50, help="at most this many rows (50)")
+    sp.add_argument("--json", action="store_true", help="print the records as JSON")
+    sp.add_argument("--purge-older-than", metavar="AGE",
+                    help="first delete finished records completed more than AGE ago (e.g. 7d)")
+    sp.add_argument("--keep-last", type=int, metavar="N",
+                    help="first delete all but the newest N finished records")
+    sp.add_argument("--db", default=None,
+                    help="read this task database instead of asking the running controller")
 
     sp = add("engine", cmd_engine, "run one engine in the foreground; it joins the cluster of --file")
     sp.add_argument("--file", help="connection file (default: the profile's)")

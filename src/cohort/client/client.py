@@ -340,6 +340,46 @@ class Client:
         st = self._request("queue_status", {"targets": self._target_list(targets)})["status"]
         return {int(k): v for k, v in st.items()}
 
+    def get_result(self, task_id, block: bool = False, timeout: float | None = None):
+        """The result of any task by id (``ar.msg_ids``), from the task database.
+
+        Works from any client, after the submitting client left, and after the
+        controller restarted. Returns an AsyncResult (the value with `block`).
+        """
+        if isinstance(task_id, AsyncResult):
+            (task_id,) = task_id.msg_ids
+        if not isinstance(task_id, str):
+            raise TypeError(f"a task id is a str (see ar.msg_ids), not {type(task_id).__name__}")
+        with self._pending_lock:
+            entry = self._pending.get(task_id)
+            if entry is None:
+                ar = AsyncResult(self, [task_id], [None], "result", single=True)
+                self._pending[task_id] = (ar, 0)
+            else:
+                ar = entry[0]
+        if entry is None:
+            self._send(self.session.build("get_result", {"id": task_id}))
+        return ar.get(timeout) if block else ar
+
+    def tasks(self, state=None, client=None, engine=None, group=None, ename=None, since=None,
+              until=None, ids=None, limit: int | None = 100, newest_first: bool = True) -> list:
+        """Task records from the task database, newest first: dicts with id,
+        state, engine, submitted/started/completed (unix times), attempts,
+        status, ename, evalue, stdout, stderr... Filters combine; `state` may
+        be a list (queued, running, done, failed, cancelled, aborted)."""
+        q = {k: v for k, v in dict(state=state, client=client, engine=engine, group=group,
+                                   ename=ename, since=since, until=until, ids=ids).items()
+             if v is not None}
+        q.update(limit=limit, newest_first=newest_first)
+        return self._request("tasks", q)["tasks"]
+
+    def purge_tasks(self, older_than: float | None = None, keep_last: int | None = None) -> int:
+        """Delete finished task records completed more than `older_than` seconds ago
+        and/or all but the newest `keep_last`; return how many. Queued and
+        running tasks are never purged."""
+        return self._request("purge_tasks", {"older_than": older_than,
+                                             "keep_last": keep_last})["purged"]
+
     def status(self) -> dict:
         """The controller's view: engines, clients, uptime."""
         return self._request("status")

@@ -27,7 +27,8 @@ import zmq
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
-from ..wire import Session, shm
+from ..wire import DELIM, Session, shm
+from .records import TaskLog, unpack_frames
 from .state import HubState, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Controller:
 
     def __init__(self, info: ConnectionInfo, connection_file=None, hb_period: float = 0.5,
                  hb_timeout: float = 2.5, window: int = 8, lb_window: int = 2,
-                 kill_grace: float = 3.0):
+                 kill_grace: float = 3.0, db: str | None = None):
         self.info = info
         self.connection_file = connection_file
         self.session = Session(info.key, session_id="controller")
@@ -55,6 +56,9 @@ class Controller:
         self._ghosts: dict[str, float] = {}
         self._dead: set[str] = set()  # uuids of engines declared dead
         self.hostname = socket.gethostname()
+        self.db_url = db
+        self.records: TaskLog | None = None  # opened by bind()
+        self.watchers: dict[str, set] = {}  # task id -> other clients asking for its result
         self._children: list = []     # engines this controller started in place of dead ones
         self._restarts: deque = deque(maxlen=64)  # when they were started
 
@@ -79,6 +83,8 @@ class Controller:
         self.info.ports = ports
         self.info.controller_pid = os.getpid()
         self.monitor = self.engine_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        folder = Path(self.connection_file).parent if self.connection_file else Path.cwd()
+        self.records = TaskLog(self.db_url, folder / "tasks.db")
         if shm.create_probe(self.info.cluster_id, self.info.shm_token):
             shm.enable(self.info.cluster_id, self.info.shm_token)
         if self.connection_file:
@@ -229,6 +235,8 @@ class Controller:
             if rec is not None:
                 self.send_control(rec.uuid, "abort", {"ids": [tid]})
         for ident, msg_type, content in out.notify:
+            if msg_type == "retrying":
+                self.records.retrying(content["id"], content["attempt"])
             if ident in self.clients:
                 self.send_client(ident, msg_type, content)
         for eid, why in out.kill:
@@ -296,10 +304,16 @@ class Controller:
 
     def fail_task(self, task: TaskRecord, ename: str, evalue: str, eid=None) -> None:
         content = {"status": "error", "ename": ename, "evalue": evalue, "engine": eid}
-        self.send_client(task.client, "result", content,
-                         {"parent": task.id, "e": eid, "status": "error"})
+        header = {"parent": task.id, "e": eid, "status": "error"}
+        for ident in self._receivers(task):
+            self.send_client(ident, "result", content, header)
+        self.records.failed(task, ename, evalue)
         if task.header is not None:  # its data in shared memory will never be read
             shm.discard(task.header)
+
+    def _receivers(self, task) -> list:
+        """The task's client and any other client that asked for its result."""
+        return [task.client, *(w for w in self.watchers.pop(task.id, ()) if w != task.client)]
 
     def broadcast(self, msg_type: str, content: dict) -> None:
         for ident in list(self.clients):
@@ -315,6 +329,7 @@ class Controller:
     def dispatch(self, task: TaskRecord) -> None:
         rec = self.state.engines[task.engine]
         self.engine_sock.send_multipart([rec.ident, *task.frames], copy=False)
+        self.records.dispatched(task)
 
     # --- client requests ---------------------------------------------------
     def on_client(self, msg) -> None:
@@ -333,13 +348,18 @@ class Controller:
             self.clients[client] = {"connected": time.time(), "session": msg.header["s"]}
         hdr = msg.header
         if hdr.get("lb"):
-            self.state.submit_lb(TaskRecord(
+            if hdr["id"] in self.state.tasks:
+                return  # sent again (a client resuming after a controller restart)
+            task = TaskRecord(
                 hdr["id"], client, None, msg.frames, hdr if "shm" in hdr else None, lb=True,
                 policy=hdr.get("pol"), group=hdr.get("g"), after=hdr.get("after", ()),
-                follow=hdr.get("follow", ())))
+                follow=hdr.get("follow", ()))
+            self.records.submitted(task, hdr["t"], msg.frames, hdr["s"])
+            self.state.submit_lb(task)
             return self.act()
         target = hdr.get("target")
         task = TaskRecord(hdr["id"], client, target, msg.frames, hdr if "shm" in hdr else None)
+        self.records.submitted(task, hdr["t"], msg.frames, hdr["s"])
         try:
             send_now = self.state.submit(task)
         except (KeyError, TypeError):  # unknown (or unhashable) target
@@ -402,6 +422,57 @@ class Controller:
         if stop:
             self._stop = True
 
+    def client_get_result(self, msg) -> None:
+        """Send a task's result to the asking client: now if it is recorded, else when it comes."""
+        ident = msg.header["s"].encode()
+        self.clients.setdefault(ident, {"connected": time.time(), "session": msg.header["s"]})
+        tid = msg.content.get("id")
+        if tid in self.state.tasks:
+            self.watchers.setdefault(tid, set()).add(ident)
+            return
+        row = self.records.get(tid)
+        header = {"parent": tid, "e": None if row is None else row["engine"], "status": "error"}
+        if row is None:
+            return self.send_client(ident, "result", {
+                "ename": "ControllerError", "evalue": f"no task {tid!r} is recorded (never "
+                f"submitted, purged, or recorded in another task database)"}, header)
+        if row["result"] is not None:
+            frames = unpack_frames(row["result"])
+            return self.client_sock.send_multipart([ident, DELIM, *frames])
+        if row["state"] in ("queued", "running"):
+            self.watchers.setdefault(tid, set()).add(ident)
+            return
+        if row["status"] == "ok":
+            return self.send_client(ident, "result", {
+                "ename": "ControllerError", "evalue": f"task {tid} succeeded, but its result "
+                f"was too large to record or travelled through shared memory"}, header)
+        self.send_client(ident, "result", {"ename": row["ename"] or "Error",
+                                           "evalue": row["evalue"] or "",
+                                           "traceback": row["traceback"] or "",
+                                           "engine": row["engine"]}, header)
+
+    def client_tasks(self, msg) -> None:
+        q = dict(msg.content)
+        allowed = {"state", "client", "engine", "group", "ename", "since", "until", "ids",
+                   "limit", "newest_first"}
+        bad = set(q) - allowed
+        if bad:
+            return self.reply(msg, {"error": f"unknown task filter(s) {sorted(bad)}; "
+                                             f"known: {sorted(allowed)}"})
+        rows = self.records.query(**q)
+        for r in rows:
+            r.pop("request", None)
+            r.pop("result", None)
+        self.reply(msg, {"tasks": rows})
+
+    def client_purge_tasks(self, msg) -> None:
+        try:
+            n = self.records.purge(older_than=msg.content.get("older_than"),
+                                   keep_last=msg.content.get("keep_last"))
+        except ValueError as e:
+            return self.reply(msg, {"error": str(e)})
+        self.reply(msg, {"purged": n})
+
     def _targets(self, msg) -> list:
         t = msg.content.get("targets")
         if t is None:
@@ -425,11 +496,17 @@ class Controller:
             if task is None:  # failed meanwhile (heartbeat, abort): nobody waits for it
                 shm.discard(msg.header)
                 return
-            if task.client in self.clients:
-                self.client_sock.send_multipart([task.client, *msg.frames], copy=False)
-            else:  # the client left: nobody will map the result's segments
+            self.records.finished(task, msg.header, msg.content, msg.frames)
+            receivers = [c for c in self._receivers(task) if c in self.clients]
+            if "shm" in msg.header:  # its segments can be mapped once: one receiver only
+                receivers = receivers[:1]
+            for ident in receivers:
+                self.client_sock.send_multipart([ident, *msg.frames], copy=False)
+            if not receivers:  # the client left: nobody will map the result's segments
                 shm.discard(msg.header)
         elif t == "stream":
+            self.records.output(msg.header.get("parent"), msg.content.get("name"),
+                                msg.content.get("text", ""))
             self.client_sock.send_multipart([msg.header["c"].encode(), *msg.frames], copy=False)
         elif t == "aborted":
             eid = msg.header.get("e")
@@ -477,6 +554,8 @@ class Controller:
             except Exception:
                 pass
         shm.sweep(self.info.cluster_id)
+        if self.records is not None:
+            self.records.close()
         self.monitor.close(linger=0)
         self.client_sock.linger = 500  # let the last replies and failures go out
         self.ctx.destroy(linger=500)
