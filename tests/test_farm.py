@@ -366,3 +366,35 @@ def test_two_clients_share_the_farm_fairly(rc, cluster):
         assert big.get(timeout=60) == [x * x for x in range(200)]
     finally:
         other.close()
+
+
+# --- controller restart ----------------------------------------------------------------------
+def logged_square(x, path):
+    import os
+    import time
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, f"{x}\n".encode())
+    os.close(fd)
+    time.sleep(0.02)
+    return x * x
+
+
+def test_controller_sigkill_and_restart_mid_map(make_cluster, tmp_path):
+    cl = make_cluster(n=2)
+    rc = cl.client
+    lv = rc.load_balanced_view()
+    log = str(tmp_path / "ran")
+    before = lv.apply(abs, -5)
+    assert before.get(timeout=10) == 5
+    n = 300
+    ar = lv.map(logged_square, range(n), [log] * n, chunksize=1)
+    wait_until(lambda: ar.progress > 30, 30, msg="the map to get going")
+    cl.controller.send_signal(signal.SIGKILL)
+    cl.controller.wait(10)
+    cl.restart_controller()
+    assert ar.get(timeout=120) == [x * x for x in range(n)]
+    ran = [int(x) for x in open(log).read().split()]
+    assert sorted(ran) == list(range(n)), "some items ran twice or never"
+    wait_until(lambda: sorted(rc.ids) == [0, 1], 30, msg="the engines to come back")
+    assert rc.get_result(before.msg_ids[0]).get(timeout=10) == 5
+    assert lv.apply_sync(abs, -7) == 7

@@ -365,8 +365,6 @@ def test_timeout_with_retries_requeues_on_another_engine(clock):
     assert out.interrupt == [(1, "t")] and failed(out) == {"t": "TaskTimeout"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tick() requeues a timed-out task for a retry "
-                   "but never calls schedule(), so it is not placed on a free engine")
 def test_timeout_retry_is_placed_by_the_tick_itself(clock):
     st = make_state(engines=2)
     st.submit_lb(lbtask("t", timeout=5, retries=1))
@@ -456,8 +454,6 @@ def test_aborted_result_is_not_retried():
     assert not st.drain() and st.outcomes["t"] == (False, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _pick's `fresh` counts tried engines that are "
-                   "gone, so an untried connected engine is not preferred")
 def test_retry_prefers_an_untried_engine_even_after_an_engine_died():
     st = make_state(engines=3)
     st.submit_lb(lbtask("t", retries=2))
@@ -544,8 +540,6 @@ def test_zombie_on_a_removed_engine_is_not_failed_again():
     assert not st.drain()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine_gone requeues a dead engine's tasks with "
-                   "appendleft one by one, reversing their order")
 def test_requeued_tasks_keep_their_order():
     st = make_state(engines=1, lb_window=3)
     for t in ("t0", "t1", "t2"):
@@ -556,8 +550,6 @@ def test_requeued_tasks_keep_their_order():
     assert [t.id for t in st.lb_queues[A]] == ["t1", "t2"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a requeued task keeps its first queued_at, so "
-                   "engine_wait expires at once instead of counting from the requeue")
 def test_engine_wait_counts_from_the_requeue(clock):
     st = make_state(engines=2)
     st.submit_lb(lbtask("t", min_engines=2, engine_wait=10, retries=1))
@@ -905,8 +897,6 @@ def test_abort_with_targets_leaves_unplaced_lb_tasks():
     assert "b" in st.tasks
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: abort() fails a dependent twice: DependencyError "
-                   "in drain().fail, and TaskAborted as part of `dropped`")
 def test_abort_of_a_task_and_its_dependent_fails_the_dependent_once():
     st = make_state(engines=0)
     st.submit_lb(lbtask("a"))
@@ -928,8 +918,6 @@ def test_cancel_unplaced_lb_tasks_and_their_dependents_fail():
     assert not st.tasks and not st.lb_queues and not st.waiting
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cancel() of a task and its dependent also "
-                   "fails the (cancelled) dependent with a DependencyError")
 def test_cancel_of_a_task_and_its_dependent_fails_nothing():
     st = make_state(engines=0)
     st.submit_lb(lbtask("a"))

@@ -11,6 +11,9 @@ class HeartbeatWatch:
     """Subscribes to the controller's pings and says when it has been silent too long.
 
     Register `socket` in the caller's poller and pass each poll's events to `silent`.
+    Pings carry the controller's instance id; `restarted` is set when it
+    changes (a new controller took over the same address), for the caller to
+    clear once it has reconnected.
     """
 
     def __init__(self, ctx: zmq.Context, url: str, timeout: float):
@@ -20,16 +23,26 @@ class HeartbeatWatch:
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
         self.socket.connect(url)
         self.last = time.monotonic()
+        self.instance: bytes | None = None
+        self.restarted = False
 
     def silent(self, events) -> bool:
         """True if no ping came for `timeout` seconds (pings in `events` are consumed)."""
         now = time.monotonic()
         if self.socket in events:
             while self.socket.poll(0):
-                self.socket.recv()
+                instance = self.socket.recv().partition(b":")[0]
+                if self.instance is not None and instance != self.instance:
+                    self.restarted = True
+                self.instance = instance
             self.last = now
             return False
         return now - self.last > self.timeout
+
+    def know(self, instance: str | None) -> None:
+        """The controller we registered with (pings from another mean a restart)."""
+        if instance and self.instance is None:
+            self.instance = instance.encode()
 
     def reset(self) -> None:
         self.last = time.monotonic()

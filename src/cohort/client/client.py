@@ -57,6 +57,7 @@ class Client:
         self._pending_lock = threading.Lock()  # guards swapping the two dicts below
         self._pending: dict = {}      # task msg id -> (AsyncResult, index)
         self._requests: dict = {}     # control request id -> Future-like AsyncResult
+        self._resend: dict = {}       # load-balanced task id -> frames, until its result came
         self._engines: dict = {}
         self._engines_changed = threading.Condition()
         self._closed = False
@@ -81,6 +82,7 @@ class Client:
             if msg is not None and msg.header["t"] == "reply":
                 for e in msg.content["engines"]:
                     self._engines[e["id"]] = e
+                self._watch.know(msg.content.get("instance"))
                 return
 
     # --- I/O thread ---------------------------------------------------------
@@ -92,6 +94,9 @@ class Client:
         while not self._closed:
             try:
                 events = dict(poller.poll(100))
+                if watch.restarted:
+                    watch.restarted = False
+                    self._resume()
                 if watch.silent(events):
                     self._controller_lost()
                     watch.reset()
@@ -108,10 +113,31 @@ class Client:
             except Exception:
                 log.exception("error handling a message from the controller")
 
+    def _resume(self) -> None:
+        """A new controller took over: connect again and ask about pending tasks."""
+        log.warning("the controller restarted; reconnecting (%d tasks pending)", len(self._pending))
+        self._recv_sock.send_multipart(self.session.build("connect", {}))
+        self._recv_sock.send_multipart(self.session.build("resume", {"ids": list(self._pending)}))
+
+    def _resumed(self, unknown: list) -> None:
+        """Tasks the restarted controller never recorded: send again, or fail them."""
+        for tid in unknown:
+            frames = self._resend.get(tid)
+            if frames is not None:
+                self._send(frames)
+                continue
+            entry = self._pending.pop(tid, None)
+            if entry is not None:
+                entry[0]._deliver(entry[1], {"status": "error"}, {
+                    "ename": "ControllerError",
+                    "evalue": f"task {tid} was lost when the controller restarted before "
+                              f"recording it; submit it again"}, ())
+
     def _handle(self, msg) -> None:
         hdr = msg.header
         t = hdr["t"]
         if t == "result":
+            self._resend.pop(hdr["parent"], None)
             entry = self._pending.pop(hdr["parent"], None)
             if entry is None:  # aborted or failed meanwhile: release what it carried
                 shm.discard(hdr)
@@ -131,6 +157,8 @@ class Client:
                 entry[0]._stream(entry[1], msg.content["name"], msg.content["text"])
             if self.stream_output:
                 self._show(hdr.get("e"), msg.content["name"], msg.content["text"])
+        elif t == "resumed":
+            self._resumed(msg.content.get("unknown", ()))
         elif t == "retrying":
             entry = self._pending.get(msg.content.get("id"))
             if entry is not None:
@@ -141,6 +169,10 @@ class Client:
             fut = self._requests.pop(hdr["parent"], None)
             if fut is not None:
                 fut.set_result(msg.content)
+            elif "engines" in msg.content and "cluster_id" in msg.content:  # connected again
+                with self._engines_changed:
+                    self._engines = {e["id"]: e for e in msg.content["engines"]}
+                    self._engines_changed.notify_all()
         elif t == "engine_joined":
             with self._engines_changed:
                 self._engines[msg.content["id"]] = msg.content
@@ -163,6 +195,7 @@ class Client:
         with self._pending_lock:
             pending, self._pending = self._pending, {}
             requests, self._requests = self._requests, {}
+            self._resend = {}
         for ar, i in pending.values():
             ar._deliver(i, {"status": "error"}, {"ename": "ControllerError", "evalue": why}, ())
         for fut in requests.values():
@@ -216,6 +249,7 @@ class Client:
         ar = AsyncResult(self, [mid], [None], "apply", single=True)
         with self._pending_lock:
             self._pending[mid] = (ar, 0)
+            self._resend[mid] = frames
         self._send(frames)
         return ar
 
@@ -333,6 +367,7 @@ class Client:
             return False
         for mid in msg_ids:
             self._pending.pop(mid, None)
+            self._resend.pop(mid, None)
         return True
 
     def queue_status(self, targets=None) -> dict:

@@ -99,6 +99,20 @@ class Cluster:
                         "--log-level", self.log_level, *self.controller_args),
             "controller.log")
 
+    def restart_controller(self) -> None:
+        """Start the controller again on the same connection file (same ports and
+        key), e.g. after it died: engines and clients reconnect by themselves,
+        unfinished tasks are picked up from the task database."""
+        if self.controller is not None and self.controller.poll() is None:
+            raise ClusterStartError(f"the controller (pid {self.controller.pid}) is still running")
+        self.controller = self._spawn(
+            _python_cmd("controller", "--connection-file", str(self.connection_file),
+                        "--log-level", self.log_level, *self.controller_args),
+            "controller.log")
+        self._wait_controller(time.monotonic() + self.start_timeout)
+        if self.detached:
+            self.write_record()
+
     def add_engines(self, n: int) -> list[subprocess.Popen]:
         """Start `n` more engines (they join by themselves)."""
         new = []

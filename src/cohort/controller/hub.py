@@ -28,7 +28,8 @@ import zmq
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
 from ..wire import DELIM, Session, shm
-from .records import TaskLog, unpack_frames
+from .records import TaskLog
+from .recovery import RestartRecovery
 from .state import HubState, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ TASK_TYPES = frozenset({"execute", "apply", "push", "pull"})
 DRAIN = 256  # messages handled per socket per wake-up before polling again
 
 
-class Controller:
+class Controller(RestartRecovery):
     """Routes work between clients and engines and watches engine heartbeats."""
 
     def __init__(self, info: ConnectionInfo, connection_file=None, hb_period: float = 0.5,
@@ -59,6 +60,8 @@ class Controller:
         self.db_url = db
         self.records: TaskLog | None = None  # opened by bind()
         self.watchers: dict[str, set] = {}  # task id -> other clients asking for its result
+        self.instance = os.urandom(6).hex().encode()  # in heartbeats: a restart is noticed
+        self._init_recovery()
         self._children: list = []     # engines this controller started in place of dead ones
         self._restarts: deque = deque(maxlen=64)  # when they were started
 
@@ -85,6 +88,7 @@ class Controller:
         self.monitor = self.engine_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         folder = Path(self.connection_file).parent if self.connection_file else Path.cwd()
         self.records = TaskLog(self.db_url, folder / "tasks.db")
+        self.restore()
         if shm.create_probe(self.info.cluster_id, self.info.shm_token):
             shm.enable(self.info.cluster_id, self.info.shm_token)
         if self.connection_file:
@@ -157,7 +161,8 @@ class Controller:
     # --- heartbeats and death ---------------------------------------------
     def _heartbeat(self, now: float) -> None:
         self._beat += 1
-        self.hb_ping.send(str(self._beat).encode())
+        self.hb_ping.send(self.instance + b":" + str(self._beat).encode())
+        self.expire_limbo(now)
         for eid in self.state.silent_engines(now, self.hb_timeout):
             self.engine_lost(eid, f"stopped answering heartbeats for {self.hb_timeout:g} s")
 
@@ -372,7 +377,8 @@ class Controller:
     def client_connect(self, msg) -> None:
         ident = msg.header["s"].encode()
         self.clients[ident] = {"connected": time.time(), "session": msg.header["s"]}
-        self.reply(msg, {"engines": self.engine_list(), "cluster_id": self.info.cluster_id})
+        self.reply(msg, {"engines": self.engine_list(), "cluster_id": self.info.cluster_id,
+                         "instance": self.instance.decode()})
 
     def client_disconnect(self, msg) -> None:
         self.clients.pop(msg.header["s"].encode(), None)
@@ -431,25 +437,15 @@ class Controller:
             self.watchers.setdefault(tid, set()).add(ident)
             return
         row = self.records.get(tid)
-        header = {"parent": tid, "e": None if row is None else row["engine"], "status": "error"}
         if row is None:
             return self.send_client(ident, "result", {
                 "ename": "ControllerError", "evalue": f"no task {tid!r} is recorded (never "
-                f"submitted, purged, or recorded in another task database)"}, header)
-        if row["result"] is not None:
-            frames = unpack_frames(row["result"])
-            return self.client_sock.send_multipart([ident, DELIM, *frames])
+                f"submitted, purged, or recorded in another task database)"},
+                {"parent": tid, "e": None, "status": "error"})
         if row["state"] in ("queued", "running"):
             self.watchers.setdefault(tid, set()).add(ident)
             return
-        if row["status"] == "ok":
-            return self.send_client(ident, "result", {
-                "ename": "ControllerError", "evalue": f"task {tid} succeeded, but its result "
-                f"was too large to record or travelled through shared memory"}, header)
-        self.send_client(ident, "result", {"ename": row["ename"] or "Error",
-                                           "evalue": row["evalue"] or "",
-                                           "traceback": row["traceback"] or "",
-                                           "engine": row["engine"]}, header)
+        self.send_recorded(ident, tid, row)
 
     def client_tasks(self, msg) -> None:
         q = dict(msg.content)
@@ -485,8 +481,13 @@ class Controller:
         if t == "result":
             eid = msg.header.get("e")
             if eid not in self.state.engines:
+                uuid = msg.idents[0].decode(errors="replace").removesuffix(".o")
+                if self.buffer_early(uuid, msg):  # back after a restart, not registered yet
+                    return
                 shm.discard(msg.header)
-                return self.tell_ghost(msg.idents[0].decode(errors="replace").removesuffix(".o"))
+                return self.tell_ghost(uuid)
+            if self.held and self.held_result(msg):
+                return
             ok = msg.header.get("status") == "ok"
             task, nxt = self.state.complete(eid, msg.header.get("parent"), ok,
                                             None if ok else msg.content.get("ename"))
@@ -519,6 +520,8 @@ class Controller:
             self.act()
         elif t == "register":
             self.on_register(msg)
+        elif t == "synced":
+            self.on_synced(msg.header.get("e"))
         elif t == "hello":  # the engine's control socket says it is connected
             self.send_engine(msg.idents[0], "welcome", {})
         elif t == "unregister":
@@ -531,12 +534,15 @@ class Controller:
     def on_register(self, msg) -> None:
         ident = msg.idents[0]
         info = msg.content
-        uuid = ident.decode()
+        uuid = ident.decode(errors="replace").removesuffix(".c")  # ".c": back after a restart
         local = (info.get("host") == self.hostname and info.get("starttime") is not None
                  and proc_starttime(info.get("pid", -1)) == info.get("starttime"))
         known = self.state.engine_by_uuid(uuid)
-        rec = self.state.register(uuid, info, local=local)
-        self.send_engine(ident, "registered", {"id": rec.id, "hb_period": self.hb_period})
+        rec = self.state.register(uuid, info, local=local, want_id=info.get("resume"))
+        self.send_engine(ident, "registered", {"id": rec.id, "hb_period": self.hb_period,
+                                               "instance": self.instance.decode()})
+        if known is None:
+            self.engine_back(rec)
         self.act()
         if known is None:
             log.info("engine %d registered (%s pid %s%s)", rec.id, rec.host, rec.pid,

@@ -160,7 +160,7 @@ class LoadBalancing:
         if pin is not None:
             return next((e for e in free if e.id == pin), None)
         best = None
-        fresh = len(task.tried) < n_engines  # some engine it has not failed on exists
+        fresh = any(eid not in task.tried for eid in self.engines)  # an untried engine exists
         for e in free:
             if fresh and e.id in task.tried:
                 continue
@@ -217,6 +217,7 @@ class LoadBalancing:
             task.tried.add(rec.id)
         task.engine = None
         task.started = task.deadline = None
+        task.queued_at = time.monotonic()
         self.tasks[task.id] = task
         self.lb_queues.setdefault(task.client, deque()).appendleft(task)
         self.out.notify.append((task.client, "retrying", {
@@ -297,6 +298,7 @@ class LoadBalancing:
                                                 f"{self.kill_grace:g} s of an interrupt"))
                 rec.stuck = (rec.stuck[0], float("inf"))
         self._expire_engine_waits(now)
+        self.schedule()  # retried tasks go out now
 
     def _expire_engine_waits(self, now: float) -> None:
         n = len(self.engines)
@@ -354,6 +356,7 @@ class LoadBalancing:
     def engine_gone(self, rec, why: str) -> list:
         """Its load-balanced tasks: requeue or fail them; return the direct ones left."""
         direct = []
+        back = []  # requeued in their order, ahead of the rest
         for task in list(rec.inflight.values()) + list(rec.queue):
             if task.zombie:
                 continue
@@ -363,9 +366,12 @@ class LoadBalancing:
                 continue
             if task.started is None:  # never ran there: no attempt used
                 task.engine = None
-                self.lb_queues.setdefault(task.client, deque()).appendleft(task)
+                task.queued_at = time.monotonic()
+                back.append(task)
                 continue
             if self._retry(task, rec, f"engine {rec.id} died: {why}"):
+                q = self.lb_queues[task.client]
+                back.append(q.popleft())  # _retry put it first; keep the order instead
                 continue
             task.engine = None
             self._fail(task, "EngineError",
@@ -373,6 +379,8 @@ class LoadBalancing:
                        f"{task.id}: {why}")
             if task.policy.get("on_failure") == "cancel_rest":
                 self.cancel_group(task.group, f"task {task.id} of the group lost its engine")
+        for task in reversed(back):
+            self.lb_queues.setdefault(task.client, deque()).appendleft(task)
         # tasks pinned to this engine by follow= can no longer run
         for client, q in list(self.lb_queues.items()):
             for t in [t for t in q if t.policy.get("pin") == rec.id]:

@@ -91,15 +91,23 @@ class HubState(LoadBalancing):
         self.by_uuid: dict[str, int] = {}
         self.tasks: dict[str, TaskRecord] = {}
         self._next_id = 0
+        self.retired: set = set()  # ids of engines gone: never handed out again
         self.started = time.time()
         self._init_lb(lb_window, kill_grace)
 
     # --- engines -----------------------------------------------------------
-    def register(self, uuid: str, info: dict, local: bool = False) -> EngineRecord:
+    def register(self, uuid: str, info: dict, local: bool = False,
+                 want_id: int | None = None) -> EngineRecord:
+        """Add an engine; one coming back after a controller restart asks for its old id."""
         if uuid in self.by_uuid:  # a re-sent registration: same engine, same id
             return self.engines[self.by_uuid[uuid]]
-        eid = self._next_id
-        self._next_id += 1
+        if isinstance(want_id, int) and want_id >= 0 and want_id not in self.engines \
+                and want_id not in self.retired:
+            eid = want_id
+            self._next_id = max(self._next_id, eid + 1)
+        else:
+            eid = self._next_id
+            self._next_id += 1
         rec = EngineRecord(eid, uuid, info, local)
         self.engines[eid] = rec
         self.by_uuid[uuid] = eid
@@ -118,6 +126,7 @@ class HubState(LoadBalancing):
         rec = self.engines.pop(eid, None)
         if rec is None:
             return [], []
+        self.retired.add(eid)
         self.by_uuid.pop(rec.uuid, None)
         queued = set(id(t) for t in rec.queue)
         direct = self.engine_gone(rec, why)
@@ -215,8 +224,9 @@ class HubState(LoadBalancing):
                 ask[rec.id] = sent
         if targets is None:  # load-balanced tasks not placed yet
             for t in [t for t in self.tasks.values() if t.lb and t.engine is None and chosen(t)]:
-                self.drop_unplaced(t)
-                dropped.append(t)
+                if t.id in self.tasks:  # not failed meanwhile as a dependent of another
+                    self.drop_unplaced(t)
+                    dropped.append(t)
         return dropped, ask
 
     def cancel(self, client: bytes, ids) -> list:
@@ -231,13 +241,15 @@ class HubState(LoadBalancing):
                      t.engine in self.engines and t.id not in self.engines[t.engine].inflight)]
         if not ids or len(found) != len(ids):
             return []
-        for t in found:
+        for t in found:  # all out first, so none of them fails as another's dependent
             if t.lb:
-                self.drop_unplaced(t)
+                self.waiting.pop(t.id, None)
+                self._unqueue(t)
             else:
                 self.engines[t.engine].queue.remove(t)
-                del self.tasks[t.id]
-                self._finished(t, False)
+            del self.tasks[t.id]
+        for t in found:
+            self._finished(t, False)
         return found
 
     def queue_status(self, targets=None) -> dict:

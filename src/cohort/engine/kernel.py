@@ -71,6 +71,7 @@ class Engine:
         self._stop = threading.Event()
         self._cell = 0
         self._functions: dict = {}  # pickled bytes -> function
+        self._recent: deque = deque(maxlen=32)  # last results sent: again after a controller restart
         self.shm = False
 
     # --- connection --------------------------------------------------------
@@ -93,13 +94,9 @@ class Engine:
         # the control socket first, so the controller can reach it once we are registered
         self._handshake(self.ctl_sock, "hello", {}, "welcome")
         self.shm = shm.enable(info.cluster_id, info.shm_token)
-        reg = {"host": socket.gethostname(), "pid": os.getpid(),
-               "starttime": proc_starttime(os.getpid()), "python": sys.version.split()[0],
-               "cwd": os.getcwd(), "shm": self.shm}
-        if os.environ.get("COHORT_RESTART_ENGINE") == "1":  # started by a cluster: replace if it dies
-            reg["restart"] = [sys.executable, "-m", "cohort", *sys.argv[1:]]
-        reply = self._handshake(self.task_sock, "register", reg, "registered")
+        reply = self._handshake(self.task_sock, "register", self._registration(), "registered")
         self.id = reply.content["id"]
+        self.watch.know(reply.content.get("instance"))
         # heartbeats only now: before registering, our pongs would be a stranger's
         self.heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
         self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
@@ -109,6 +106,25 @@ class Engine:
         self.heart.daemon = True
         self.heart.start()
         log.info("registered as engine %d with controller at %s", self.id, info.url("engine"))
+
+    def _registration(self) -> dict:
+        reg = {"host": socket.gethostname(), "pid": os.getpid(),
+               "starttime": proc_starttime(os.getpid()), "python": sys.version.split()[0],
+               "cwd": os.getcwd(), "shm": self.shm}
+        if os.environ.get("COHORT_RESTART_ENGINE") == "1":  # started by a cluster: replace if it dies
+            reg["restart"] = [sys.executable, "-m", "cohort", *sys.argv[1:]]
+        if self.id is not None:
+            reg["resume"] = self.id
+        return reg
+
+    def _rejoin(self) -> None:
+        """A new controller took over (a restart): register again, keeping our id,
+        and send our last results again in case the old one never recorded them."""
+        log.warning("the controller restarted; registering again as engine %s", self.id)
+        self.ctl_sock.send_multipart(self.session.build("register", self._registration()))
+        with self._out_lock:
+            for frames in list(self._recent):
+                self.out_sock.send_multipart(frames, copy=False)
 
     def _handshake(self, sock, msg_type, content, expect):
         deadline = time.monotonic() + self.register_timeout
@@ -126,6 +142,8 @@ class Engine:
         frames = self.session.build(msg_type, content, objects, header, shm_ok=shm_ok)
         with self._out_lock:
             self.out_sock.send_multipart(frames, copy=False)
+            if msg_type == "result" and sum(memoryview(f).nbytes for f in frames) <= 1 << 20:
+                self._recent.append(frames)
 
     # --- main loop ---------------------------------------------------------
     def serve(self) -> None:
@@ -162,6 +180,8 @@ class Engine:
         hdr = msg.header
         if hdr["t"] == "registered":
             return
+        if hdr["t"] == "sync":  # everything sent before it has run: say so
+            return self.send("synced", {}, (), {"e": self.id})
         task_id = hdr["id"]
         with self._task_lock:
             if task_id in self.aborted:
@@ -286,6 +306,9 @@ class Engine:
                 events = dict(poller.poll(500))
             except zmq.ZMQError:  # sockets closed at exit
                 return
+            if self.watch.restarted:
+                self.watch.restarted = False
+                self._rejoin()
             if self.watch.silent(events):
                 log.error("no heartbeat from the controller for %g s; engine %s exits",
                           self.controller_timeout, self.id)
