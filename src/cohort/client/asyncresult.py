@@ -142,7 +142,7 @@ class AsyncResult(Future):
             return False
         for p in self._payloads:
             p.release()
-        return super().cancel()
+        return _cancel_and_notify(self)
 
     def get_dict(self, timeout: float | None = None) -> dict:
         """{engine id: value} (waits like `get`)."""
@@ -214,3 +214,12 @@ class AsyncResult(Future):
         if self.done() and self.exception() is not None:
             state = "failed"
         return f"<AsyncResult({self.kind}) {state} on engines {self.targets}>"
+
+
+def _cancel_and_notify(fut: Future) -> bool:
+    """Cancel a Future and tell `wait`/`as_completed` waiters at once (an
+    executor would do the second step when the task's turn came)."""
+    if not Future.cancel(fut):
+        return False
+    fut.set_running_or_notify_cancel()
+    return True

@@ -133,6 +133,20 @@ class Client:
                     "evalue": f"task {tid} was lost when the controller restarted before "
                               f"recording it; submit it again"}, ())
 
+    def _receive_until(self, fut, timeout: float) -> None:
+        """On the I/O thread (a done-callback making a request): handle messages
+        here until `fut` is answered, since no other thread will."""
+        deadline = time.monotonic() + timeout
+        while not fut.done() and time.monotonic() < deadline:
+            if not self._recv_sock.poll(100):
+                continue
+            msg = self.session.receive(self._recv_sock.recv_multipart(copy=False))
+            if msg is not None:
+                try:
+                    self._handle(msg)
+                except Exception:
+                    log.exception("error handling a message from the controller")
+
     def _handle(self, msg) -> None:
         hdr = msg.header
         t = hdr["t"]
@@ -274,6 +288,8 @@ class Client:
         with self._pending_lock:
             self._requests[mid] = fut
         self._send(self.session.build(msg_type, content, header={"id": mid}))
+        if threading.current_thread() is self._thread:  # a callback: we are the receiver
+            self._receive_until(fut, timeout)
         try:
             reply = fut.result(timeout)
         except Exception:

@@ -11,6 +11,7 @@ from concurrent.futures import TimeoutError as _FutureTimeout
 
 from .. import _remote
 from ..errors import TaskCancelled, TimeoutError
+from .asyncresult import _cancel_and_notify
 
 CHUNK_SECONDS = 0.02   # automatic chunks aim at this much work each
 MAX_CHUNK = 10_000     # items per chunk at most (automatic)
@@ -267,7 +268,7 @@ class MapResult(Future):
             return False
         with self._cond:
             self._cond.notify_all()
-        return super().cancel()
+        return _cancel_and_notify(self)
 
     def __repr__(self) -> str:
         total = "?" if self.length is None else self.length

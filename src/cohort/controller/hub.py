@@ -27,7 +27,7 @@ import zmq
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
-from ..wire import DELIM, Session, shm
+from ..wire import Session, shm
 from .records import TaskLog
 from .recovery import RestartRecovery
 from .state import HubState, TaskRecord
