@@ -1,6 +1,7 @@
 """A first tour of cohort on a local cluster: run with `python examples/quickstart.py`."""
 
 import os
+import time
 
 import cohort
 
@@ -29,6 +30,17 @@ def main() -> None:
             rc[0].execute("1 / 0", block=True)
         except cohort.RemoteError as e:
             print("a remote error, with its engine and traceback:\n", e)
+
+        lv = rc.load_balanced_view()               # the task farm: least-loaded engine first
+        squares = lv.map(lambda v: v * v, range(100_000))   # chunked, streamed, in order
+        print("sum of 100,000 squares:", sum(squares))
+        try:
+            lv.apply(time.sleep, 60, timeout=0.5).get()     # a policy: stopped after 0.5 s
+        except cohort.TaskTimeout as e:
+            print("stopped:", e)
+        with rc.executor() as ex:                  # concurrent.futures, unchanged code
+            print("executor:", list(ex.map(collatz_steps, [27, 97, 871])))
+        print("recorded tasks:", len(rc.tasks(limit=None)), "(see `cohort tasks`)")
 
 
 if __name__ == "__main__":
