@@ -111,3 +111,23 @@ def engine_popen(cl: cohort.Cluster, eid: int):
         if p.pid == pid:
             return p
     raise LookupError(f"engine {eid} (pid {pid}) is not one of {[p.pid for p in cl.engines]}")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for the whole session."""
+    if os.environ.get("COHORT_SKIP_POSTGRES") == "1":
+        pytest.skip("COHORT_SKIP_POSTGRES=1")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg is not installed: run .ci/run (or pip install -e '.[test]')")
+    from pg import MISSING, PostgresServer, find_bindir
+    if find_bindir() is None:
+        pytest.fail(MISSING)
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

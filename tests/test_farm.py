@@ -398,3 +398,12 @@ def test_controller_sigkill_and_restart_mid_map(make_cluster, tmp_path):
     wait_until(lambda: sorted(rc.ids) == [0, 1], 30, msg="the engines to come back")
     assert rc.get_result(before.msg_ids[0]).get(timeout=10) == 5
     assert lv.apply_sync(abs, -7) == 7
+
+
+def test_dependencies_older_than_the_controllers_memory_come_from_the_task_db(rc):
+    from cohort.controller.scheduler import OUTCOMES_KEPT
+    lv = rc.load_balanced_view()
+    first = lv.apply(os.getpid)
+    pid = first.get(timeout=10)
+    lv.map(abs, range(OUTCOMES_KEPT + 50), chunksize=1).get(timeout=120)  # pushes it out
+    assert lv.apply(os.getpid, follow=first, after=first).get(timeout=30) == pid

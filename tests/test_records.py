@@ -112,3 +112,24 @@ def test_cohort_tasks_command_with_and_without_a_controller(cohort_home, tmp_pat
     assert p.returncode != 0 and "not a duration" in p.stderr
     p = subprocess.run(cmd + ["tasks", "--profile", "never-used"], capture_output=True, text=True)
     assert p.returncode == 1 and "no task database" in p.stderr
+
+
+def test_a_cluster_records_its_tasks_in_postgresql(make_cluster, pg_server):
+    import psycopg
+    with psycopg.connect(pg_server.url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS tasks, meta")
+    cl = make_cluster(n=1, controller_args=["--db", pg_server.url])
+    rc = cl.client
+    lv = rc.load_balanced_view()
+    ar = lv.map(lambda x: x * 3, range(10), chunksize=2)
+    assert ar.get(timeout=30) == [x * 3 for x in range(10)]
+    other = cohort.Client(cl.connection_file, stream_output=False)
+    try:
+        assert other.get_result(ar.msg_ids[-1]).get(timeout=10) == [24, 27]
+    finally:
+        other.close()
+    rows = rc.tasks(ids=ar.msg_ids)
+    assert len(rows) == 5 and {r["state"] for r in rows} == {"done"}
+    with psycopg.connect(pg_server.url) as conn:  # really in PostgreSQL
+        n = conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0]
+    assert n >= 5

@@ -26,26 +26,6 @@ ROW = {"id": "t1", "client": "c1", "kind": "apply", "grp": "g1", "label": "first
 
 # --- fixtures ---------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def pg_server():
-    """A throwaway PostgreSQL server for the whole session."""
-    if os.environ.get("COHORT_SKIP_POSTGRES") == "1":
-        pytest.skip("COHORT_SKIP_POSTGRES=1")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.fail("psycopg is not installed: run .ci/run (or pip install -e '.[test]')")
-    from pg import MISSING, PostgresServer, find_bindir
-    if find_bindir() is None:
-        pytest.fail(MISSING)
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def dburl(request, tmp_path):
     """A URL naming an empty task database on each backend."""

@@ -360,6 +360,7 @@ class Controller(RestartRecovery):
                 policy=hdr.get("pol"), group=hdr.get("g"), after=hdr.get("after", ()),
                 follow=hdr.get("follow", ()))
             self.records.submitted(task, hdr["t"], msg.frames, hdr["s"])
+            self._recall_outcomes(task.after + task.follow)
             self.state.submit_lb(task)
             return self.act()
         target = hdr.get("target")
@@ -373,6 +374,15 @@ class Controller(RestartRecovery):
                                   f"{sorted(self.state.engines)})", target)
         if send_now:
             self.dispatch(task)
+
+    def _recall_outcomes(self, deps) -> None:
+        """Dependencies finished too long ago for the state's memory: ask the task db."""
+        for dep in deps:
+            if dep in self.state.tasks or dep in self.state.outcomes or dep in self.held:
+                continue
+            row = self.records.get(dep)
+            if row is not None and row["state"] not in ("queued", "running"):
+                self.state.outcomes[dep] = (row["state"] == "done", row["engine"])
 
     def client_connect(self, msg) -> None:
         ident = msg.header["s"].encode()

@@ -25,7 +25,7 @@ import heapq
 import time
 from collections import OrderedDict, deque
 
-OUTCOMES_KEPT = 50_000   # finished tasks remembered for after=/follow= (oldest forgotten)
+OUTCOMES_KEPT = 10_000   # finished tasks remembered here for after=/follow= (older: the task db)
 SCAN_DEPTH = 64          # queued tasks looked at per client for one that fits a free engine
 
 
