@@ -42,6 +42,8 @@ import time
 import traceback
 from pathlib import Path
 
+from _procs import TAG_VAR, cmdline, kill_all, tagged_pids
+
 import numpy as np
 
 FRAMEWORKS = {  # name -> module that must be importable
@@ -215,41 +217,14 @@ def worker_main(args) -> None:
 
 
 # --- parent -----------------------------------------------------------------------
-def tagged_pids(tag: str) -> list[int]:
-    """Live processes whose environment carries BENCH_CORE_TAG=tag (Linux /proc)."""
-    needle, pids = f"BENCH_CORE_TAG={tag}".encode(), []
-    for p in Path("/proc").glob("[0-9]*"):
-        try:
-            if needle in (p / "environ").read_bytes().split(b"\0"):
-                pids.append(int(p.name))
-        except (OSError, ValueError):
-            pass
-    return pids
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
-    except OSError:
-        return str(pid)
-
-
-def kill_all(pids) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def run_one(name: str, args) -> dict:
     """Run one framework in a child; kill it and everything it started if it hangs or leaks.
 
-    Every descendant inherits BENCH_CORE_TAG, so it is found even after it left the
+    Every descendant inherits BENCH_TAG, so it is found even after it left the
     child's session (ipyparallel's launchers) or was re-parented when the child died.
     """
     tag = f"{os.getpid()}-{name}-{time.monotonic_ns()}"
-    env = dict(os.environ, BENCH_CORE_TAG=tag, PYTHONUNBUFFERED="1",
+    env = dict(os.environ, **{TAG_VAR: tag}, PYTHONUNBUFFERED="1",
                RAY_USAGE_STATS_ENABLED="0")
     if name == "cohort" and (SRC / "cohort").is_dir():  # measure this checkout
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))

@@ -12,7 +12,38 @@ from concurrent.futures import TimeoutError as _FutureTimeout
 from ..errors import CompositeError, RemoteError, TimeoutError, error_from_content
 
 
-class AsyncResult(Future):
+class Waiting:
+    """get/wait/ready/successful on top of a Future (AsyncResult, MapResult)."""
+
+    def get(self, timeout: float | None = None):
+        """The value, waiting up to `timeout` seconds (forever if None)."""
+        try:
+            return self.result(timeout)
+        except _FutureTimeout:
+            if self.done():  # the task's own error is a TimeoutError (TaskTimeout)
+                raise
+            raise TimeoutError(f"{self!r} did not finish within {timeout} s (it is still "
+                               f"running; call get() again, or abort it)") from None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds; True if finished."""
+        try:
+            self.exception(timeout)
+        except _FutureTimeout:
+            return False
+        except Exception:
+            pass
+        return True
+
+    def ready(self) -> bool:
+        return self.done()
+
+    def successful(self) -> bool:
+        """True if finished without error (False while still running)."""
+        return self.done() and not self.cancelled() and self.exception(0) is None
+
+
+class AsyncResult(Waiting, Future):
     """The outcome of one call on one or more engines.
 
     A `concurrent.futures.Future` (so `as_completed`, `wait` and callbacks
@@ -96,33 +127,6 @@ class AsyncResult(Future):
         self.set_result(value)
 
     # --- the user's side ---------------------------------------------------
-    def get(self, timeout: float | None = None):
-        """The value, waiting up to `timeout` seconds (forever if None)."""
-        try:
-            return self.result(timeout)
-        except _FutureTimeout:
-            if self.done():  # the task's own error is a TimeoutError (TaskTimeout)
-                raise
-            raise TimeoutError(f"{self!r} did not finish within {timeout} s (it is still "
-                               f"running; call get() again, or abort it)") from None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to `timeout` seconds; True if finished."""
-        try:
-            self.exception(timeout)
-        except _FutureTimeout:
-            return False
-        except Exception:
-            pass
-        return True
-
-    def ready(self) -> bool:
-        return self.done()
-
-    def successful(self) -> bool:
-        """True if finished without error (False while still running)."""
-        return self.done() and not self.cancelled() and self.exception(0) is None
-
     def __await__(self):
         return asyncio.wrap_future(self).__await__()
 

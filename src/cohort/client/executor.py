@@ -16,6 +16,8 @@ import concurrent.futures as cf
 import threading
 import time
 
+from ..errors import TaskAborted
+
 
 class Executor(cf.Executor):
     """Submits each call as a load-balanced task of `view` (see `rc.executor`)."""
@@ -68,6 +70,8 @@ def _results(mr, deadline):
         yield from mr.iter(deadline=deadline)
     except TimeoutError as e:
         raise cf.TimeoutError(str(e)) from None
+    except TaskAborted as e:  # dropped by shutdown(cancel_futures=True) before it ran
+        raise cf.CancelledError(str(e)) from None
     finally:  # the caller stopped early: the rest need not run
         if not mr.done():
             mr.cancel()

@@ -6,18 +6,17 @@ import itertools
 import math
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as _FutureTimeout
+from concurrent.futures import CancelledError, Future
 
 from .. import _remote
 from ..errors import TaskCancelled, TimeoutError
-from .asyncresult import _cancel_and_notify
+from .asyncresult import Waiting, _cancel_and_notify
 
 CHUNK_SECONDS = 0.02   # automatic chunks aim at this much work each
 MAX_CHUNK = 10_000     # items per chunk at most (automatic)
 
 
-class MapResult(Future):
+class MapResult(Waiting, Future):
     """Results of `LoadBalancedView.map`: a Future of the whole list, and an iterable.
 
     ``for r in ar`` yields values as they arrive (in order unless the map was
@@ -163,6 +162,8 @@ class MapResult(Future):
     def _wait_for(self, ready, deadline=None) -> None:
         with self._cond:
             while not ready():
+                if self.cancelled():  # no more chunks will come
+                    raise CancelledError(f"{self!r} was cancelled")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"{self!r}: the next result did not arrive in time")
@@ -206,28 +207,7 @@ class MapResult(Future):
         """The list of all results (waits up to `timeout` seconds)."""
         if not self._keep:
             raise TypeError("an imap's results are dropped as they are iterated: iterate it")
-        try:
-            return self.result(timeout)
-        except _FutureTimeout:
-            if self.done():  # the task's own error is a TimeoutError (TaskTimeout)
-                raise
-            raise TimeoutError(f"{self!r} did not finish within {timeout} s (it is still "
-                               f"running; call get() again, or abort it)") from None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        try:
-            self.exception(timeout)
-        except _FutureTimeout:
-            return False
-        except Exception:
-            pass
-        return True
-
-    def ready(self) -> bool:
-        return self.done()
-
-    def successful(self) -> bool:
-        return self.done() and not self.cancelled() and self.exception(0) is None
+        return Waiting.get(self, timeout)
 
     def wait_interactive(self, interval: float = 0.1, timeout: float | None = None) -> bool:
         """Wait, showing a progress bar (terminal or notebook); True if finished."""
