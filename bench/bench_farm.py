@@ -53,14 +53,13 @@ import math
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from _procs import TAG_VAR, cmdline, kill_all, tagged_pids
+from _procs import died, run_framework
 
 FRAMEWORKS = {  # name -> module that must be importable
     "cohort": "cohort", "ipyparallel": "ipyparallel", "dask": "distributed",
@@ -427,33 +426,10 @@ def worker_main(args) -> None:
 
 # --- parent -----------------------------------------------------------------------
 def run_one(name: str, args) -> dict:
-    """Run one framework in a child; kill it and everything it started if it hangs or leaks.
-
-    Every descendant inherits BENCH_TAG, so it is found even after it left the
-    child's session (ipyparallel's launchers) or was re-parented when the child died.
-    """
-    tag = f"{os.getpid()}-{name}-{time.monotonic_ns()}"
-    env = dict(os.environ, **{TAG_VAR: tag}, PYTHONUNBUFFERED="1",
-               RAY_USAGE_STATS_ENABLED="0")
-    if name == "cohort" and (SRC / "cohort").is_dir():  # measure this checkout
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    with tempfile.TemporaryDirectory(prefix="bench_farm_") as tmp:
-        out, logf = Path(tmp) / "result.json", Path(tmp) / "log.txt"
-        cmd = [sys.executable, __file__, "--_worker", name, "--_out", str(out),
-               "--tasks", str(args.tasks), "--sleep-tasks", str(args.sleep_tasks),
-               "--sleep-ms", str(args.sleep_ms), "--chunksize", str(args.chunksize)]
-        t0 = time.monotonic()
-        with open(logf, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            try:
-                proc.wait(timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                kill_all(tagged_pids(tag))
-                proc.wait()
-        res = json.loads(out.read_text()) if out.exists() else {}
+    """Run one framework in its own process (see `_procs.run_framework`)."""
+    def interpret(res, returncode, logf):
         if res.get("status", "running") == "running":  # it died or hung part-way
-            why = (f"timeout after {args.timeout:g} s" if proc.returncode == -signal.SIGKILL
-                   else f"crashed (exit {proc.returncode})")
+            why = died(returncode, args.timeout)
             step = res.pop("step", None)
             res["status"] = why + (f" in step {step}" if step else "")
             if step in STEPS:  # the steps before it were measured: keep them
@@ -462,14 +438,10 @@ def run_one(name: str, args) -> dict:
         if res["status"] != "ok" or res.get("errors"):
             tail = logf.read_text(errors="replace")[-3000:]
             print(f"--- {name} log tail ---\n{tail}", file=sys.stderr)
-        deadline = time.monotonic() + 10  # daemons (ipyparallel's nannies) exit in a few s
-        while (leftovers := tagged_pids(tag)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if leftovers:
-            res["leftovers_killed"] = [cmdline(pid) for pid in leftovers]
-            kill_all(leftovers)
-        res["wall_s"] = time.monotonic() - t0
-    return res
+        return res
+    worker = ["--tasks", str(args.tasks), "--sleep-tasks", str(args.sleep_tasks),
+              "--sleep-ms", str(args.sleep_ms), "--chunksize", str(args.chunksize)]
+    return run_framework(__file__, name, worker, args.timeout, SRC, interpret)
 
 
 def _cell(r: dict, key: str, fmt: str, step: str) -> str:
