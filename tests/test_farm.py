@@ -407,3 +407,15 @@ def test_dependencies_older_than_the_controllers_memory_come_from_the_task_db(rc
     pid = first.get(timeout=10)
     lv.map(abs, range(OUTCOMES_KEPT + 50), chunksize=1).get(timeout=120)  # pushes it out
     assert lv.apply(os.getpid, follow=first, after=first).get(timeout=30) == pid
+
+
+def test_iteration_and_wait_interactive_show_progress(rc, capsys):
+    lv = rc.load_balanced_view()
+    assert list(lv.map(abs, range(-50, 50), progress=True)) == [abs(i) for i in range(-50, 50)]
+    err = capsys.readouterr().err
+    assert "100/100" in err and "failed=0" in err and "retried=0" in err
+    ar = lv.map(abs, range(30))
+    assert ar.wait_interactive(timeout=30) is True
+    assert "30/30" in capsys.readouterr().err
+    assert list(lv.map(abs, range(5), progress=False)) == list(range(5))
+    assert capsys.readouterr().err == ""

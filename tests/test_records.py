@@ -33,6 +33,7 @@ def test_any_client_gets_any_result_later(rc, cluster):
             other.get_result(42)
         # a task still running: the result comes when it is done
         slow = lv.apply(lambda: (__import__("time").sleep(0.5), "late")[1])
+        rc.queue_status()  # a round trip on rc's socket: the controller has the task now
         assert other.get_result(slow.msg_ids[0]).get(timeout=10) == "late"
         assert slow.get(timeout=10) == "late"
     finally:

@@ -100,7 +100,8 @@ class LoadBalancedView:
         header = task_header(policy, group, dependency_ids(after), dependency_ids(follow))
         return self.client._submit_lb((serialize_function(f), (args, kwargs)), header)
 
-    def map(self, f, *sequences, chunksize: int | None = None, ordered: bool = True, **flags):
+    def map(self, f, *sequences, chunksize: int | None = None, ordered: bool = True,
+            progress: bool | None = None, **flags):
         """``f(*xs) for xs in zip(*sequences)`` over the engines; a `MapResult` at once.
 
         Items go out in chunks (`chunksize`; by default cohort picks it from
@@ -109,15 +110,18 @@ class LoadBalancedView:
         generators, or another map's results) stream through. Iterate the
         result to get values as they come (in order unless ``ordered=False``),
         or `get()` the whole list. Each chunk is one task for the policy.
+        Iterating shows a progress bar (done, failed, retried) in terminals
+        and notebooks; `progress` True/False forces it on or off.
         """
-        return self._map(f, sequences, chunksize, ordered, flags, keep=True)
+        return self._map(f, sequences, chunksize, ordered, flags, True, progress)
 
-    def imap(self, f, *sequences, chunksize: int | None = None, ordered: bool = True, **flags):
+    def imap(self, f, *sequences, chunksize: int | None = None, ordered: bool = True,
+             progress: bool | None = None, **flags):
         """`map` whose results are dropped once iterated: for result streams
         larger than memory. Returns an iterable `MapResult`."""
-        return self._map(f, sequences, chunksize, ordered, flags, keep=False)
+        return self._map(f, sequences, chunksize, ordered, flags, False, progress)
 
-    def _map(self, f, sequences, chunksize, ordered, flags, keep):
+    def _map(self, f, sequences, chunksize, ordered, flags, keep, progress=None):
         unknown = set(flags) - FLAG_KEYS
         if unknown:
             raise TypeError(f"unknown keyword(s) {sorted(unknown)} for map; "
@@ -129,7 +133,8 @@ class LoadBalancedView:
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be an int >= 1 or None, not {chunksize!r}")
         policy, after, follow, block = self._settings(dict(flags))
-        mr = MapResult(self, f, sequences, chunksize, ordered, keep, policy, after, follow)
+        mr = MapResult(self, f, sequences, chunksize, ordered, keep, policy, after, follow,
+                       progress)
         return mr.get() if block else mr
 
     # --- control -------------------------------------------------------------------

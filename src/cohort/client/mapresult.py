@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import threading
 import time
 from concurrent.futures import CancelledError, Future
@@ -26,8 +27,10 @@ class MapResult(Waiting, Future):
     chunks are out at once: the input is read only as fast as engines work.
     """
 
-    def __init__(self, view, f, sequences, chunksize, ordered, keep, policy, after, follow):
+    def __init__(self, view, f, sequences, chunksize, ordered, keep, policy, after, follow,
+                 progress=None):
         super().__init__()
+        self.show_progress = progress
         self._view = view
         self._client = view.client
         self._f = f
@@ -38,7 +41,8 @@ class MapResult(Waiting, Future):
         self._deps = (after, follow)
         self.group = self._client.session.msg_id()
         self.length = _length(sequences)
-        self._iter = zip(*[iter(s) for s in sequences])
+        self._iter = zip(*[s.iter() if isinstance(s, MapResult) else iter(s)  # no bar there
+                           for s in sequences])
         self.msg_ids: list = []
         self._sizes: list = []
         self._chunks: dict = {}      # chunk index -> values (until consumed, if not kept)
@@ -157,7 +161,37 @@ class MapResult(Waiting, Future):
 
     # --- the user's side ------------------------------------------------------------
     def __iter__(self):
-        return self._iter_ordered() if self.ordered else self._iter_unordered()
+        it = self._iter_ordered() if self.ordered else self._iter_unordered()
+        return self._with_bar(it) if self._bar_wanted() else it
+
+    def _bar_wanted(self) -> bool:
+        """`progress` as given, else a bar in terminals and notebooks only."""
+        if self.show_progress is not None:
+            return bool(self.show_progress)
+        return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty")
+                                              and sys.stderr.isatty())
+
+    def _bar(self):
+        from tqdm.auto import tqdm
+        return tqdm(total=self.length, unit="task", desc="map")
+
+    def _show(self, bar, final: bool = False) -> None:
+        bar.update(self.progress - bar.n)
+        bar.set_postfix(failed=self.failed, retried=self.retried, refresh=final)
+
+    def _with_bar(self, it):
+        bar = self._bar()
+        shown = 0.0
+        try:
+            for value in it:
+                now = time.monotonic()
+                if now - shown > 0.1:  # cheap per item, however many there are
+                    self._show(bar)
+                    shown = now
+                yield value
+            self._show(bar, final=True)
+        finally:
+            bar.close()
 
     def _wait_for(self, ready, deadline=None) -> None:
         with self._cond:
@@ -211,17 +245,14 @@ class MapResult(Waiting, Future):
 
     def wait_interactive(self, interval: float = 0.1, timeout: float | None = None) -> bool:
         """Wait, showing a progress bar (terminal or notebook); True if finished."""
-        from tqdm.auto import tqdm
         deadline = None if timeout is None else time.monotonic() + timeout
-        with tqdm(total=self.length, unit="task", desc="map") as bar:
+        with self._bar() as bar:
             while not self.done():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 self.wait(interval)
-                bar.update(self.progress - bar.n)
-                bar.set_postfix(failed=self.failed, retried=self.retried, refresh=False)
-            bar.update(self.progress - bar.n)
-            bar.set_postfix(failed=self.failed, retried=self.retried)
+                self._show(bar)
+            self._show(bar, final=True)
         return self.done()
 
     def __len__(self) -> int:
