@@ -91,19 +91,21 @@ def ex(request, kind):
     else:
         executor = cf.ProcessPoolExecutor(2, mp_context=_pool_context())
         # start both workers now, so that no test's timeout includes their start
-        assert list(executor.map(sleep_return, [0, 0], [1, 2])) == [1, 2]
+        assert list(executor.map(sleep_return, [0, 0], [1, 2], timeout=60)) == [1, 2]
+        manager = executor._executor_manager_thread  # (a test may shut the pool down)
+        procs = list(executor._processes.values())
     yield executor
     if kind == "cohort":
         executor.shutdown(wait=False, cancel_futures=True)  # `rc` stops what still runs
         return
     # the process pool cannot interrupt a task (a test may leave a SLOW one): once its
     # manager thread has dropped the cancelled work items, end the workers
-    manager = executor._executor_manager_thread
-    procs = list((executor._processes or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
-    if manager is not None:
-        wait_until(lambda: not manager.is_alive() or not executor._cancel_pending_futures,
-                   msg="the process pool to take in its shutdown")
+    if not executor._shutdown_thread:
+        executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + 5
+    while manager.is_alive() and executor._cancel_pending_futures \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
     for p in procs:
         p.terminate()
     for p in procs:
