@@ -81,3 +81,16 @@ def run_framework(script: str, name: str, worker_args: list, timeout: float, src
 def died(returncode: int, timeout: float) -> str:
     return (f"timeout after {timeout:g} s" if returncode == -signal.SIGKILL
             else f"crashed (exit {returncode})")
+
+
+def run_selected(ap, args, frameworks, run_one) -> dict:
+    """Run the frameworks `--only` names (default: all), each in its own child."""
+    names = [n.strip().lower() for n in args.only.split(",")] if args.only else list(frameworks)
+    unknown = [n for n in names if n not in frameworks]
+    if unknown:
+        ap.error(f"unknown framework(s) {unknown}; choose from {', '.join(frameworks)}")
+    results = {}
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_one(name, args)
+    return results

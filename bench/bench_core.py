@@ -39,7 +39,7 @@ import time
 import traceback
 from pathlib import Path
 
-from _procs import died, run_framework
+from _procs import died, run_framework, run_selected
 
 import numpy as np
 
@@ -260,14 +260,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args._worker:
         return worker_main(args)
-    names = [n.strip().lower() for n in args.only.split(",")] if args.only else list(FRAMEWORKS)
-    unknown = [n for n in names if n not in FRAMEWORKS]
-    if unknown:
-        ap.error(f"unknown framework(s) {unknown}; choose from {', '.join(FRAMEWORKS)}")
-    results = {}
-    for name in names:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_one(name, args)
+    results = run_selected(ap, args, FRAMEWORKS, run_one)
     print_table(results, args.mb)
     if args.json:
         meta = {"python": platform.python_version(), "cpus": os.cpu_count(),

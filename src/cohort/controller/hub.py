@@ -316,6 +316,17 @@ class Controller(RestartRecovery):
         if task.header is not None:  # its data in shared memory will never be read
             shm.discard(task.header)
 
+    def deliver(self, task: TaskRecord, msg) -> None:
+        """Record an engine's result and pass it on to whoever waits for it."""
+        self.records.finished(task, msg.header, msg.content, msg.frames)
+        receivers = [c for c in self._receivers(task) if c in self.clients]
+        if "shm" in msg.header:  # its segments can be mapped once: one receiver only
+            receivers = receivers[:1]
+        for ident in receivers:
+            self.client_sock.send_multipart([ident, *msg.frames], copy=False)
+        if not receivers:  # the client left: nobody will map the result's segments
+            shm.discard(msg.header)
+
     def _receivers(self, task) -> list:
         """The task's client and any other client that asked for its result."""
         return [task.client, *(w for w in self.watchers.pop(task.id, ()) if w != task.client)]
@@ -347,10 +358,15 @@ class Controller(RestartRecovery):
             return self.reply(msg, {"error": f"unknown request {t!r}"})
         handler(msg)
 
+    def client_seen(self, ident: bytes) -> bytes:
+        """Remember a client (its receiving socket's identity is its session id):
+        one that never said hello, or came back after a restart, still gets results."""
+        if ident not in self.clients:
+            self.clients[ident] = {"connected": time.time(), "session": ident.decode()}
+        return ident
+
     def on_task(self, msg) -> None:
-        client = msg.header["s"].encode()
-        if client not in self.clients:  # a client that never said hello still gets results
-            self.clients[client] = {"connected": time.time(), "session": msg.header["s"]}
+        client = self.client_seen(msg.header["s"].encode())
         hdr = msg.header
         if hdr.get("lb"):
             if hdr["id"] in self.state.tasks:
@@ -385,8 +401,8 @@ class Controller(RestartRecovery):
                 self.state.outcomes[dep] = (row["state"] == "done", row["engine"])
 
     def client_connect(self, msg) -> None:
-        ident = msg.header["s"].encode()
-        self.clients[ident] = {"connected": time.time(), "session": msg.header["s"]}
+        self.clients.pop(msg.header["s"].encode(), None)  # connected anew, from now
+        self.client_seen(msg.header["s"].encode())
         self.reply(msg, {"engines": self.engine_list(), "cluster_id": self.info.cluster_id,
                          "instance": self.instance.decode()})
 
@@ -440,8 +456,7 @@ class Controller(RestartRecovery):
 
     def client_get_result(self, msg) -> None:
         """Send a task's result to the asking client: now if it is recorded, else when it comes."""
-        ident = msg.header["s"].encode()
-        self.clients.setdefault(ident, {"connected": time.time(), "session": msg.header["s"]})
+        ident = self.client_seen(msg.header["s"].encode())
         tid = msg.content.get("id")
         if tid in self.state.tasks:
             self.watchers.setdefault(tid, set()).add(ident)
@@ -507,14 +522,7 @@ class Controller(RestartRecovery):
             if task is None:  # failed meanwhile (heartbeat, abort): nobody waits for it
                 shm.discard(msg.header)
                 return
-            self.records.finished(task, msg.header, msg.content, msg.frames)
-            receivers = [c for c in self._receivers(task) if c in self.clients]
-            if "shm" in msg.header:  # its segments can be mapped once: one receiver only
-                receivers = receivers[:1]
-            for ident in receivers:
-                self.client_sock.send_multipart([ident, *msg.frames], copy=False)
-            if not receivers:  # the client left: nobody will map the result's segments
-                shm.discard(msg.header)
+            self.deliver(task, msg)
         elif t == "stream":
             self.records.output(msg.header.get("parent"), msg.content.get("name"),
                                 msg.content.get("text", ""))

@@ -63,8 +63,7 @@ class RestartRecovery:
             task.attempts = row["attempts"] or 0
             task.engine = row["engine"] if row["state"] == "running" or not task.lb else None
             self.held[task.id] = task
-            self.clients.setdefault(task.client, {"connected": time.time(),
-                                                  "session": task.client.decode()})
+            self.client_seen(task.client)
         recent = [r["engine"] for r in self.records.query(limit=1000)]
         self.expected = {e for e in recent + [t.engine for t in self.held.values()]
                          if e is not None}
@@ -99,12 +98,9 @@ class RestartRecovery:
         task = self.held.pop(msg.header.get("parent"), None)
         if task is None:
             return False
-        ok = msg.header.get("status") == "ok"
         task.engine = msg.header.get("e")
-        self.records.finished(task, msg.header, msg.content, msg.frames)
-        self.state._finished(task, ok)
-        for ident in self._receivers(task):
-            self.client_sock.send_multipart([ident, *msg.frames], copy=False)
+        self.deliver(task, msg)
+        self.state._finished(task, msg.header.get("status") == "ok")
         self.act()
         return True
 
@@ -127,7 +123,7 @@ class RestartRecovery:
             if t.lb and t.engine is not None and t.engine not in self.synced:
                 t.attempts = max(t.attempts, 1)  # it may have run there: that was an attempt
                 self.state.tasks[t.id] = t
-                if not self.state._retry(t, None, gone):
+                if not self.state.retry(t, None, gone):
                     self.state.tasks.pop(t.id, None)
                     self.fail_task(t, "EngineError", f"task {t.id}: {gone}", t.engine)
             elif t.lb:
@@ -156,8 +152,7 @@ class RestartRecovery:
     # --- clients coming back ----------------------------------------------------------
     def client_resume(self, msg) -> None:
         """A client's pending task ids after a restart: answer what is known."""
-        ident = msg.header["s"].encode()
-        self.clients.setdefault(ident, {"connected": time.time(), "session": msg.header["s"]})
+        ident = self.client_seen(msg.header["s"].encode())
         unknown = []
         for tid in msg.content.get("ids", ()):
             if tid in self.state.tasks or tid in self.held:

@@ -195,7 +195,7 @@ class LoadBalancing:
     # --- outcomes ----------------------------------------------------------------
     def lb_result(self, task, rec, ok: bool, ename: str | None) -> bool:
         """A result came back for a load-balanced task; True to forward it to the client."""
-        if not ok and ename != "TaskAborted" and self._retry(task, rec, f"it raised {ename}"):
+        if not ok and ename != "TaskAborted" and self.retry(task, rec, f"it raised {ename}"):
             return False
         self._finished(task, ok)
         if not ok and task.policy.get("on_failure") == "cancel_rest":
@@ -207,8 +207,10 @@ class LoadBalancing:
         if rec.stuck and rec.stuck[0] == zombie.id:
             rec.stuck = None
 
-    def _retry(self, task, rec, why: str) -> bool:
-        """Resubmit a failed task if its policy allows; True if it was."""
+    def retry(self, task, rec, why: str, queue: bool = True) -> bool:
+        """Resubmit a failed task if its policy allows; True if it was.
+
+        With `queue` False the caller puts it back in its queue itself."""
         if task.attempts > task.policy.get("retries", 0):
             return False
         if task.group is not None and task.group in self.cancelled_groups:
@@ -219,7 +221,8 @@ class LoadBalancing:
         task.started = task.deadline = None
         task.queued_at = time.monotonic()
         self.tasks[task.id] = task
-        self.lb_queues.setdefault(task.client, deque()).appendleft(task)
+        if queue:
+            self.lb_queues.setdefault(task.client, deque()).appendleft(task)
         self.out.notify.append((task.client, "retrying", {
             "id": task.id, "attempt": task.attempts + 1, "why": why,
             "engine": None if rec is None else rec.id}))
@@ -286,7 +289,7 @@ class LoadBalancing:
             timeout = task.policy["timeout"]
             self._detach(task, rec, now)
             why = f"it ran longer than its timeout of {timeout:g} s"
-            if self._retry(task, rec, why):
+            if self.retry(task, rec, why):
                 continue
             self._fail(task, "TaskTimeout",
                        f"task {tid} was stopped on engine {task.engine}: {why}")
@@ -369,9 +372,8 @@ class LoadBalancing:
                 task.queued_at = time.monotonic()
                 back.append(task)
                 continue
-            if self._retry(task, rec, f"engine {rec.id} died: {why}"):
-                q = self.lb_queues[task.client]
-                back.append(q.popleft())  # _retry put it first; keep the order instead
+            if self.retry(task, rec, f"engine {rec.id} died: {why}", queue=False):
+                back.append(task)
                 continue
             task.engine = None
             self._fail(task, "EngineError",

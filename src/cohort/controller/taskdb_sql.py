@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import abc
 import threading
 import time
 from contextlib import contextmanager
@@ -70,8 +71,10 @@ def _redact(url: str) -> str:
     return head + sep + rest
 
 
-class TaskDB:
-    """A task-record database (use `open`). Safe to share between threads."""
+class TaskDB(abc.ABC):
+    """A task-record database (use `open`). Safe to share between threads.
+
+    Backends (SQLite, PostgreSQL) provide `_connect` and `_tx`."""
 
     placeholder = "?"
     types: dict = {}
@@ -85,17 +88,17 @@ class TaskDB:
         self._create_schema()
 
     # --- backend hooks -----------------------------------------------------
+    @abc.abstractmethod
     def _connect(self):
-        raise NotImplementedError
+        """A new connection to the database."""
 
     def _ensure(self):
         """The live connection (reconnecting if the backend lost it)."""
         return self._conn
 
-    @contextmanager
+    @abc.abstractmethod
     def _tx(self):
-        raise NotImplementedError
-        yield
+        """A context manager: a cursor in one transaction, committed on exit."""
 
     def _insert_head(self) -> str:
         return "INSERT INTO tasks"
