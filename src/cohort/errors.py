@@ -140,6 +140,45 @@ class CompositeError(RemoteError):
         raise self.errors[0]
 
 
+
+# --- object store and catalog (cohort.store) ---------------------------------
+
+class StoreError(CohortError):
+    """The object store could not do what was asked (bad URL, policy, backend failure)."""
+
+
+class ObjectNotFound(StoreError, KeyError):
+    """No object with this OID exists in the store (never written, deleted, or only reserved)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "object not found"
+
+
+class ObjectExists(StoreError):
+    """The OID already holds an object: `putoid` writes each reserved OID once."""
+
+
+class CorruptObject(StoreError):
+    """Every copy of an object failed its checksum; `cohort store fsck` reports what is left."""
+
+
+class CatalogError(StoreError):
+    """The metadata catalog refused a record or a query (bad footprint, time or filter)."""
+
+
+# --- batch jobs (cohort.jobs) -------------------------------------------------
+
+class JobError(CohortError):
+    """A batch job could not be submitted, queried or cancelled.
+
+    When the batch system said why, its own message is in the text verbatim.
+    """
+
+
+class JobTimeout(JobError, builtins.TimeoutError):
+    """`Job.wait(timeout=...)` ran out of time; the job is still in the batch system."""
+
+
 def error_from_content(content: dict, engine_id: int | None = None,
                        task_id: str | None = None) -> Exception:
     """Build the client-side exception for a failed task's reply content."""
