@@ -213,8 +213,8 @@ def cmd_controller(args) -> int:
         info = ConnectionInfo.read(cf)
         if _controller_alive(info) and info.controller_pid != os.getpid():
             return _fail(f"a controller (pid {info.controller_pid}) already uses {cf}")
-        if args.ip:
-            info.ip = args.ip
+        if args.ip and args.ip != info.ip:
+            info.moved_to(args.ip)
     if info is None:
         info = ConnectionInfo.new(ip=args.ip or "127.0.0.1")
     ctl = Controller(info, cf, hb_period=args.hb_period, hb_timeout=args.hb_timeout,

@@ -16,10 +16,12 @@ class HeartbeatWatch:
     clear once it has reconnected.
     """
 
-    def __init__(self, ctx: zmq.Context, url: str, timeout: float):
+    def __init__(self, ctx: zmq.Context, url: str, timeout: float, info=None):
         self.timeout = timeout
         self.socket = ctx.socket(zmq.SUB)
         self.socket.linger = 0
+        if info is not None:
+            info.secure_client(self.socket)
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
         self.socket.connect(url)
         self.last = time.monotonic()

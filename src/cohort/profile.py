@@ -8,9 +8,11 @@ background (``cluster.json``) and logs.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,22 +45,67 @@ class ConnectionInfo:
     shm_token: str = ""
     controller_pid: int = 0
     transport: str = "tcp"
+    location: str = ""     # where other hosts reach a controller bound to all interfaces
+    curve: dict = field(default_factory=dict)  # CurveZMQ keys (z85 text); empty: plain TCP
 
     @classmethod
-    def new(cls, ip: str = "127.0.0.1") -> "ConnectionInfo":
-        return cls(key=secrets.token_hex(32), ip=ip, cluster_id=secrets.token_hex(6),
+    def new(cls, ip: str = "127.0.0.1", encrypt: bool | None = None) -> "ConnectionInfo":
+        """Fresh keys for a new cluster. Traffic is encrypted (CurveZMQ) unless the
+        controller binds a loopback address only, or `encrypt` says otherwise."""
+        info = cls(key=secrets.token_hex(32), ip=ip, cluster_id=secrets.token_hex(6),
                    shm_token=secrets.token_hex(16))
+        if encrypt is None:
+            encrypt = not is_loopback(ip)
+        if encrypt:
+            info.curve = new_curve_keys()
+        if ip in WILDCARDS:
+            info.location = routable_address()
+        return info
+
+    def moved_to(self, ip: str) -> "ConnectionInfo":
+        """The same cluster bound to another address: keys added if it is now routable."""
+        self.ip = ip
+        if not self.curve and not is_loopback(ip):
+            self.curve = new_curve_keys()
+        if ip in WILDCARDS and not self.location:
+            self.location = routable_address()
+        return self
 
     def url(self, channel: str) -> str:
         ip = self.ip
-        if ip in ("0.0.0.0", "*", ""):
-            ip = "127.0.0.1"
+        if ip in WILDCARDS:
+            ip = self.location or "127.0.0.1"
         return f"{self.transport}://{ip}:{self.ports[channel]}"
 
+    def secure_server(self, sock) -> None:
+        """Make a socket the controller binds a CurveZMQ server (no-op without keys)."""
+        if self.curve:
+            sock.curve_secretkey = self.curve["server_secret"].encode()
+            sock.curve_server = True
+
+    def client_options(self) -> list:
+        """(option, value) pairs that make a connecting socket a CurveZMQ client."""
+        if not self.curve:
+            return []
+        import zmq
+        return [(zmq.CURVE_SERVERKEY, self.curve["server_public"].encode()),
+                (zmq.CURVE_PUBLICKEY, self.curve["client_public"].encode()),
+                (zmq.CURVE_SECRETKEY, self.curve["client_secret"].encode())]
+
+    def secure_client(self, sock) -> None:
+        """Set `client_options` on a socket before it connects."""
+        for opt, value in self.client_options():
+            sock.setsockopt(opt, value)
+
     def to_dict(self) -> dict:
-        return {"version": 1, "key": self.key, "ip": self.ip, "ports": self.ports,
-                "cluster_id": self.cluster_id, "shm_token": self.shm_token,
-                "controller_pid": self.controller_pid, "transport": self.transport}
+        d = {"version": 1, "key": self.key, "ip": self.ip, "ports": self.ports,
+             "cluster_id": self.cluster_id, "shm_token": self.shm_token,
+             "controller_pid": self.controller_pid, "transport": self.transport}
+        if self.location:
+            d["location"] = self.location
+        if self.curve:
+            d["curve"] = self.curve
+        return d
 
     def write(self, path: Path | str) -> Path:
         """Write atomically with mode 0600 (the file holds the key)."""
@@ -86,7 +133,8 @@ class ConnectionInfo:
             return cls(key=d["key"], ip=d.get("ip", "127.0.0.1"), ports=dict(d["ports"]),
                        cluster_id=d.get("cluster_id", ""), shm_token=d.get("shm_token", ""),
                        controller_pid=int(d.get("controller_pid", 0)),
-                       transport=d.get("transport", "tcp"))
+                       transport=d.get("transport", "tcp"), location=d.get("location", ""),
+                       curve=dict(d.get("curve") or {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ConnectionFileError(f"connection file {path} is malformed ({e!r})") from None
 
@@ -99,3 +147,41 @@ def resolve_connection_file(connection_file=None, profile: str | None = None) ->
     if env:
         return Path(env)
     return default_connection_file(profile)
+
+
+WILDCARDS = ("0.0.0.0", "*", "", "::")
+
+
+def is_loopback(ip: str) -> bool:
+    """Whether binding `ip` keeps the controller reachable from this machine only."""
+    if ip in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:  # a host name: resolve it
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(ip)).is_loopback
+        except OSError:
+            return False
+
+
+def routable_address() -> str:
+    """This host's address as other hosts see it (its name resolved), for the connection file."""
+    try:
+        return socket.gethostbyname(socket.getfqdn())
+    except OSError:
+        return socket.gethostname()
+
+
+def new_curve_keys() -> dict:
+    """A server key pair for the controller and one client key pair for everyone else."""
+    import zmq
+    if not zmq.has("curve"):
+        from .errors import ClusterStartError
+        raise ClusterStartError("this libzmq was built without CurveZMQ, so traffic to a "
+                                "routable address cannot be encrypted; bind 127.0.0.1, or "
+                                "install a pyzmq wheel (they bundle libzmq with CURVE)")
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    return {"server_public": server_public.decode(), "server_secret": server_secret.decode(),
+            "client_public": client_public.decode(), "client_secret": client_secret.decode()}

@@ -45,13 +45,16 @@ class Client:
         self._send_sock = self._ctx.socket(zmq.DEALER)
         self._send_sock.linger = 1000
         self._send_sock.sndhwm = 0
+        self.info.secure_client(self._send_sock)
         self._send_sock.connect(url)
         self._recv_sock = self._ctx.socket(zmq.DEALER)
         self._recv_sock.identity = self.session.id.encode()
         self._recv_sock.linger = 0
         self._recv_sock.rcvhwm = 0
+        self.info.secure_client(self._recv_sock)
         self._recv_sock.connect(url)
-        self._watch = HeartbeatWatch(self._ctx, self.info.url("hb_ping"), controller_timeout)
+        self._watch = HeartbeatWatch(self._ctx, self.info.url("hb_ping"), controller_timeout,
+                                     self.info)
         self.controller_timeout = controller_timeout
         self._send_lock = threading.Lock()
         self._pending_lock = threading.Lock()  # guards swapping the two dicts below

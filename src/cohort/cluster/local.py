@@ -50,13 +50,16 @@ class Cluster:
     Use as a context manager for a cluster that lives as long as a script or
     test: ``with Cluster(n=4) as rc: ...`` gives a connected `Client`.
     With `restart_engines` (the default), the controller starts a new engine
-    in place of one that dies, so the cluster keeps its size.
+    in place of one that dies, so the cluster keeps its size. Traffic is
+    encrypted with CurveZMQ when `ip` is reachable from other hosts (or when
+    `encrypt=True`); on loopback it is signed only.
     """
 
     def __init__(self, n: int | None = None, profile: str | None = None,
                  connection_file=None, detached: bool = False, ip: str = "127.0.0.1",
                  log_level: str = "INFO", engine_args=(), controller_args=(),
-                 start_timeout: float = 60.0, restart_engines: bool = True):
+                 start_timeout: float = 60.0, restart_engines: bool = True,
+                 encrypt: bool | None = None):
         self.n = n if n is not None else (os.cpu_count() or 1)
         self.profile = profile
         self.detached = detached
@@ -67,7 +70,7 @@ class Cluster:
         self.start_timeout = start_timeout
         self.restart_engines = restart_engines
         self.private = connection_file is None
-        self.info = ConnectionInfo.new(ip=ip)
+        self.info = ConnectionInfo.new(ip=ip, encrypt=encrypt)
         if connection_file is None:
             self.folder = profile_dir(profile) / "clusters" / self.info.cluster_id
             connection_file = self.folder / "controller.json"

@@ -72,6 +72,7 @@ class Controller(RestartRecovery):
         self.engine_sock = self._router()
         self.hb_ping = ctx.socket(zmq.PUB)
         self.hb_ping.linger = 0
+        self.info.secure_server(self.hb_ping)
         self.hb_pong = self._router()
         ip = self.info.ip or "127.0.0.1"
         ports = {}
@@ -102,6 +103,7 @@ class Controller(RestartRecovery):
         s.sndhwm = 0
         s.rcvhwm = 0
         s.router_handover = 1  # a reconnecting peer with the same identity takes over
+        self.info.secure_server(s)
         return s
 
     # --- loop --------------------------------------------------------------

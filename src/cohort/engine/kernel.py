@@ -81,6 +81,7 @@ class Engine:
         s.linger = 1000
         s.sndhwm = 0
         s.rcvhwm = 0
+        self.info.secure_client(s)
         s.connect(url)
         return s
 
@@ -90,7 +91,7 @@ class Engine:
         self.task_sock = self._dealer(self.uuid, url)
         self.out_sock = self._dealer(self.uuid + ".o", url)
         self.ctl_sock = self._dealer(self.uuid + ".c", url)
-        self.watch = HeartbeatWatch(self.ctx, info.url("hb_ping"), self.controller_timeout)
+        self.watch = HeartbeatWatch(self.ctx, info.url("hb_ping"), self.controller_timeout, info)
         # the control socket first, so the controller can reach it once we are registered
         self._handshake(self.ctl_sock, "hello", {}, "welcome")
         self.shm = shm.enable(info.cluster_id, info.shm_token)
@@ -102,6 +103,9 @@ class Engine:
         self.heart.setsockopt_in(zmq.SUBSCRIBE, b"")
         self.heart.connect_in(info.url("hb_ping"))
         self.heart.setsockopt_out(zmq.IDENTITY, self.uuid.encode())
+        for opt, value in info.client_options():
+            self.heart.setsockopt_in(opt, value)
+            self.heart.setsockopt_out(opt, value)
         self.heart.connect_out(info.url("hb_pong"))
         self.heart.daemon = True
         self.heart.start()
