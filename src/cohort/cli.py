@@ -52,24 +52,33 @@ def cmd_start(args) -> int:
                          f"`cohort stop` it first, or use --profile NAME for another")
         cf.unlink()  # left by a cluster that died
     t0 = time.monotonic()
-    cluster = Cluster(n=args.n, connection_file=cf, detached=True, ip=args.ip,
-                      log_level=args.log_level, start_timeout=args.timeout,
-                      restart_engines=not args.no_restart,
-                      controller_args=["--db", args.db] if args.db else ())
+    launch = {k: v for k, v in (("hosts", args.hosts), ("nodes", args.nodes),
+                                 ("per_node", args.per_node), ("walltime", args.walltime),
+                                 ("queue", args.queue), ("account", args.account),
+                                 ("service", args.service), ("mpiexec", args.mpiexec))
+              if v is not None}
     try:
+        cluster = Cluster(n=args.n, connection_file=cf, detached=True, ip=args.ip,
+                          log_level=args.log_level, start_timeout=args.timeout,
+                          restart_engines=not args.no_restart, engines=args.engines,
+                          controller_args=["--db", args.db] if args.db else (), **launch)
         rc = cluster.start()
-    except ClusterStartError as e:
+    except (ClusterStartError, ValueError) as e:
         return _fail(str(e))
     n = len(rc.ids)
     rc.close()
     print(f"cluster started: controller pid {cluster.controller.pid}, {n} engines "
           f"({time.monotonic() - t0:.2f} s)")
+    for g in cluster.groups:
+        if g.kind not in ("local",):
+            print(f"engines ({g.kind}): {g.n}, {g.state()}")
     print(f"connection file: {cf}")
     print(f"logs: {cluster.log_dir}")
     return 0
 
 
 def cmd_stop(args) -> int:
+    from .cluster.launchers import EngineGroup
     from .cluster.local import alive, stop_processes
     folder = profile_dir(args.profile)
     cf = resolve_connection_file(None, args.profile)
@@ -98,6 +107,11 @@ def cmd_stop(args) -> int:
                   file=sys.stderr)
     pids = []
     if rec is not None:
+        for g in rec.get("groups", ()):
+            if g.get("job"):  # cancel the batch jobs `cohort start` submitted
+                group = EngineGroup.from_record(g)
+                group.stop()
+                print(f"cancelled {group.state()}")
         pids = [r["pid"] for r in [rec["controller"], *rec["engines"]] if alive(r)]
     elif info is not None and _controller_alive(info):
         pids = [info.controller_pid]
@@ -108,7 +122,7 @@ def cmd_stop(args) -> int:
     if info is not None:
         from .wire import shm
         shm.sweep(info.cluster_id)
-    n = len(rec["engines"]) if rec else 0
+    n = rec.get("n", len(rec["engines"])) if rec else 0
     print(f"cluster stopped (profile {_profile_name(args)}"
           + (f", {n} engines started by `cohort start`)" if rec else ")"))
     return 0
@@ -138,9 +152,24 @@ def cmd_status(args) -> int:
     if engines:
         print(f"  {'id':>4}  {'host':<20} {'pid':>8}  {'state':<6} {'queue':>6} {'done':>8}")
         for e in sorted(engines, key=lambda e: e["id"]):
+            rank = f"  rank {e['mpi']['rank']}" if e.get("mpi") else ""
             print(f"  {e['id']:>4}  {e['host']:<20} {e['pid']:>8}  {e['state']:<6} "
-                  f"{e['queue']:>6} {e['completed']:>8}")
+                  f"{e['queue']:>6} {e['completed']:>8}{rank}")
+    _print_groups(profile_dir(args.profile) / "cluster.json")
     return 0
+
+
+def _print_groups(rec_path) -> None:
+    """How the engines `cohort start` launched are doing (batch jobs: the job's state)."""
+    if not rec_path.exists():
+        return
+    from .cluster.launchers import EngineGroup
+    groups = json.loads(rec_path.read_text()).get("groups", ())
+    launched = [EngineGroup.from_record(g) for g in groups if g.get("job") or g["kind"] == "mpi"]
+    if launched:
+        print("launched:")
+        for g in launched:
+            print(f"  {g.kind:<6} {g.n:>3} engines  {g.state()}")
 
 
 def _parse_age(text: str) -> float:
@@ -230,11 +259,22 @@ def cmd_controller(args) -> int:
 
 def cmd_engine(args) -> int:
     _setup_logging(args.log_level, "engine")
+    if args.n != 1:
+        if args.n < 1 or args.mpi:
+            return _fail("-n must be at least 1, and cannot be combined with --mpi "
+                         "(under MPI, mpiexec -n starts the engines)")
+        from .engine.node import run_engines
+        argv = ["--controller-timeout", str(args.controller_timeout), "--log-level", args.log_level]
+        if args.file:
+            argv += ["--file", args.file]
+        if args.profile:
+            argv += ["--profile", args.profile]
+        return run_engines(args.n, argv)
     from .engine.kernel import run_engine
     from .errors import ConnectionFileError
     try:
         return run_engine(resolve_connection_file(args.file, args.profile),
-                          controller_timeout=args.controller_timeout)
+                          controller_timeout=args.controller_timeout, mpi=args.mpi)
     except ConnectionFileError as e:
         return _fail(str(e))
 
@@ -264,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("start", cmd_start, "start a controller and engines on this machine, in the background")
     sp.add_argument("-n", type=int, default=None, help="number of engines (default: one per core)")
-    sp.add_argument("--ip", default="127.0.0.1", help="address the controller binds (default 127.0.0.1)")
+    sp.add_argument("--ip", default=None,
+                    help="address the controller binds (default 127.0.0.1; 0.0.0.0 for engines on "
+                         "other hosts); traffic to a routable address is encrypted (CurveZMQ)")
     sp.add_argument("--timeout", type=float, default=60, help="seconds to wait for the engines (60)")
     sp.add_argument("--db", default=None,
                     help="task database URL (default: tasks.db in the profile folder); "
@@ -273,6 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not replace engines that die (by default the controller starts a "
                          "new one, so the cluster keeps its size)")
     sp.add_argument("--log-level", default="INFO")
+    g = sp.add_argument_group("where engines run (see docs/launchers.md)")
+    g.add_argument("--engines", default="local", choices=("local", "mpi", "ssh", "slurm", "sge", "pbs"),
+                   help="local processes (default); mpi: under mpiexec, sharing MPI.COMM_WORLD; "
+                        "ssh: on --hosts; slurm/sge/pbs: a batch job")
+    g.add_argument("--hosts", help="ssh: HOST[:ENGINES],... e.g. node1:4,node2:4")
+    g.add_argument("--nodes", type=int, help="batch: nodes to ask for (1)")
+    g.add_argument("--per-node", type=int, help="batch: engines per node (default: -n / nodes)")
+    g.add_argument("--walltime", help="batch: time limit, [D-]HH:MM:SS")
+    g.add_argument("--queue", help="batch: partition / queue")
+    g.add_argument("--account", help="batch: account to charge")
+    g.add_argument("--service", help="batch: job service URL, e.g. slurm+ssh://login-node")
+    g.add_argument("--mpiexec", help="mpi: the mpiexec to use (default: mpiexec on PATH)")
 
     sp = add("stop", cmd_stop, "stop the cluster started by `cohort start`")
     sp.add_argument("--timeout", type=float, default=5, help="seconds before stragglers are killed (5)")
@@ -314,10 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--db", default=None,
                     help="read this task database instead of asking the running controller")
 
-    sp = add("engine", cmd_engine, "run one engine in the foreground; it joins the cluster of --file")
+    sp = add("engine", cmd_engine, "run engines in the foreground; they join the cluster of --file")
     sp.add_argument("--file", help="connection file (default: the profile's)")
     sp.add_argument("--controller-timeout", type=float, default=30,
                     help="exit after this many seconds without the controller's heartbeat (30)")
+    sp.add_argument("-n", type=int, default=1,
+                    help="start this many engines on this host (1); what a batch job runs per node")
+    sp.add_argument("--mpi", action="store_true",
+                    help="run under mpiexec: engines share MPI.COMM_WORLD and take ids in rank order "
+                         "(mpiexec -n 4 cohort engine --mpi --file F)")
     sp.add_argument("--log-level", default="INFO")
     return p
 

@@ -1,9 +1,11 @@
-"""Start a controller and engines as local processes.
+"""Start a controller on this machine and engines wherever a launcher puts them.
 
 ``with cohort.Cluster(n=4) as rc:`` starts a private cluster (its own
 connection file and logs under the profile's ``clusters/`` folder) and stops
 it on exit. ``cohort start`` uses the same class with `detached=True` and the
-profile's connection file, so the processes outlive the command.
+profile's connection file, so the processes outlive the command. Engines
+start as local processes by default, or under ``mpiexec``, over SSH, or as
+batch jobs (`cohort.cluster.launchers`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from ..errors import ClusterStartError
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo, profile_dir
+from .launchers import EngineGroup, JobGroup, LaunchOptions, launch
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +56,30 @@ class Cluster:
     in place of one that dies, so the cluster keeps its size. Traffic is
     encrypted with CurveZMQ when `ip` is reachable from other hosts (or when
     `encrypt=True`); on loopback it is signed only.
+
+    `engines` says where engines run: ``"local"`` (default), ``"mpi"`` (one
+    ``mpiexec``; they share ``MPI.COMM_WORLD``), ``"ssh"`` (`hosts`, e.g.
+    ``"node1:4,node2:4"``), or ``"slurm"``/``"sge"``/``"pbs"`` (a batch job of
+    `nodes` × `per_node` engines with `walltime`, `queue`, `account`;
+    `service` submits elsewhere, e.g. ``"slurm+ssh://login"``). Engines that
+    may run on other hosts make the controller bind all interfaces unless
+    `ip` is given.
     """
 
     def __init__(self, n: int | None = None, profile: str | None = None,
-                 connection_file=None, detached: bool = False, ip: str = "127.0.0.1",
+                 connection_file=None, detached: bool = False, ip: str | None = None,
                  log_level: str = "INFO", engine_args=(), controller_args=(),
                  start_timeout: float = 60.0, restart_engines: bool = True,
-                 encrypt: bool | None = None):
-        self.n = n if n is not None else (os.cpu_count() or 1)
+                 encrypt: bool | None = None, engines: str = "local", **launch_options):
+        self.launch_options = LaunchOptions(engines=engines, **launch_options)
+        if ip is None:
+            ip = "0.0.0.0" if self.launch_options.remote else "127.0.0.1"
+        self.n = self.launch_options.engine_count(n)
         self.profile = profile
         self.detached = detached
         self.ip = ip
         self.log_level = log_level
-        self.engine_args = list(engine_args)
+        self.engine_args = ["--log-level", log_level, *engine_args]
         self.controller_args = list(controller_args)
         self.start_timeout = start_timeout
         self.restart_engines = restart_engines
@@ -79,7 +93,8 @@ class Cluster:
         self.connection_file = Path(connection_file)
         self.log_dir = self.folder / "logs"
         self.controller: subprocess.Popen | None = None
-        self.engines: list[subprocess.Popen] = []
+        self.engines: list[subprocess.Popen] = []   # local processes (engines, mpiexec)
+        self.groups: list[EngineGroup] = []          # every launch, local or batch
         self.client = None
 
     # --- processes ---------------------------------------------------------
@@ -116,18 +131,40 @@ class Cluster:
         if self.detached:
             self.write_record()
 
-    def add_engines(self, n: int) -> list[subprocess.Popen]:
-        """Start `n` more engines (they join by themselves)."""
-        new = []
-        for _ in range(n):
-            i = len(self.engines)
-            p = self._spawn(_python_cmd("engine", "--file", str(self.connection_file),
-                                        "--log-level", self.log_level, *self.engine_args),
-                            f"engine-{i}.log",
-                            {"COHORT_RESTART_ENGINE": "1" if self.restart_engines else "0"})
-            self.engines.append(p)
-            new.append(p)
-        return new
+    def add_engines(self, n: int | None = None, wait: bool = False, **launch_options) -> list:
+        """Start `n` more engines the way this cluster starts them (or as
+        `launch_options` say, e.g. ``engines="slurm", nodes=2``); they join by
+        themselves. Returns the new `EngineGroup`s; with `wait`, blocks until
+        the engines have registered."""
+        opts = self.launch_options
+        if launch_options:
+            opts = LaunchOptions(**{**opts.__dict__, **launch_options})
+        n = opts.engine_count(n)
+        before = len(self.client.ids) if (wait and self.client) else 0
+        groups = launch(opts, n, self)
+        self.groups.extend(groups)
+        if self.detached and self.controller is not None:
+            self.write_record()
+        if wait and self.client is not None:
+            self.wait_for_engines(before + n, time.monotonic() + self.start_timeout)
+        return groups
+
+    def remove_engines(self, ids, timeout: float = 5.0) -> None:
+        """Shut engines down by id (the rest keep running); a batch job none of
+        whose engines is left is cancelled."""
+        rc = self.client
+        ids = [ids] if isinstance(ids, int) else list(ids)
+        pids = {rc.engines[i]["pid"] for i in ids if i in rc.engines}
+        rc.shutdown(ids, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while any(i in rc.ids for i in ids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for p in self.engines:
+            if p.pid in pids:
+                try:
+                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
     def _wait_controller(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -169,16 +206,22 @@ class Cluster:
                 return
             except TimeoutError:
                 dead = [p for p in self.engines if p.poll() is not None]
-                if dead or time.monotonic() >= deadline:
-                    why = (f"{len(dead)} engine(s) exited" if dead else
+                jobs = [g for g in self.groups if isinstance(g, JobGroup)]
+                ended = [g for g in jobs if not g.alive()]
+                if dead or ended or time.monotonic() >= deadline:
+                    why = (f"{len(dead)} engine process(es) exited" if dead else
+                           "; ".join(g.state() for g in ended) if ended else
                            f"only {len(self.client.ids)} of {n} engines registered "
                            f"within {self.start_timeout:g} s")
+                    if jobs and not ended:
+                        why += f" ({'; '.join(g.state() for g in jobs)})"
                     raise ClusterStartError(f"{why}; see the logs in {self.log_dir}") from None
 
     def write_record(self) -> None:
         """Remember the processes, so `cohort stop` finds them from another shell."""
         rec = {"controller": _pid_record(self.controller.pid),
                "engines": [_pid_record(p.pid) for p in self.engines],
+               "groups": [g.record() for g in self.groups],
                "connection_file": str(self.connection_file), "log_dir": str(self.log_dir),
                "started": time.time(), "n": self.n}
         path = self.folder / "cluster.json"
@@ -194,6 +237,9 @@ class Cluster:
                     pass
             self.client.close()
             self.client = None
+        for g in self.groups:
+            if isinstance(g, JobGroup):
+                g.stop(timeout)  # cancel the batch jobs this cluster submitted
         procs = [p for p in [self.controller, *self.engines] if p is not None]
         stop_processes([p.pid for p in procs], timeout, popens=procs)
         if self.private:

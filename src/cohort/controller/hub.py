@@ -64,6 +64,7 @@ class Controller(RestartRecovery):
         self._init_recovery()
         self._children: list = []     # engines this controller started in place of dead ones
         self._restarts: deque = deque(maxlen=64)  # when they were started
+        self._broken_worlds: set = set()  # MPI worlds that lost an engine
 
     # --- set-up ------------------------------------------------------------
     def bind(self) -> ConnectionInfo:
@@ -300,6 +301,20 @@ class Controller(RestartRecovery):
         self.act()
         if restart:
             self.restart_engine(rec)
+        self._break_mpi_world(rec, why)
+
+    def _break_mpi_world(self, rec, why: str) -> None:
+        """An engine of an MPI world is gone: its peers may wait forever in a collective
+        call that needs it, so they are stopped too (their tasks fail naming the cause)."""
+        mpi = rec.info.get("mpi")
+        if not mpi or mpi["world"] in self._broken_worlds:
+            return
+        self._broken_worlds.add(mpi["world"])
+        peers = [r.id for r in self.state.engines.values()
+                 if (r.info.get("mpi") or {}).get("world") == mpi["world"]]
+        for peer in peers:
+            self.kill_engine(peer, f"its MPI world is broken: engine {rec.id} (rank {mpi['rank']} "
+                                   f"of {mpi['size']}) is gone ({why})")
 
     # --- messages to clients ----------------------------------------------
     def send_client(self, ident: bytes, msg_type: str, content: dict, header=None) -> None:

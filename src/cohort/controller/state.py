@@ -49,7 +49,8 @@ class EngineRecord:
         return {"id": self.id, "uuid": self.uuid, "host": self.host, "pid": self.pid,
                 "state": self.state, "queue": len(self.queue) + len(self.inflight),
                 "completed": self.completed, "failed": self.failed,
-                "registered": self.registered, "shm": bool(self.info.get("shm"))}
+                "registered": self.registered, "shm": bool(self.info.get("shm")),
+                "mpi": self.info.get("mpi")}
 
 
 class TaskRecord:

@@ -53,8 +53,9 @@ class Engine:
     """Connects to a controller, registers, then serves tasks until told to stop."""
 
     def __init__(self, info: ConnectionInfo, controller_timeout: float = 30.0,
-                 register_timeout: float = 30.0):
+                 register_timeout: float = 30.0, mpi=None):
         self.info = info
+        self.mpi = mpi  # an MPIWorld when started under mpiexec with --mpi
         self.session = Session(info.key)
         self.uuid = uuidlib.uuid4().hex
         self.id: int | None = None
@@ -95,6 +96,14 @@ class Engine:
         # the control socket first, so the controller can reach it once we are registered
         self._handshake(self.ctl_sock, "hello", {}, "welcome")
         self.shm = shm.enable(info.cluster_id, info.shm_token)
+        if self.mpi is not None:  # ids follow ranks: register one rank at a time
+            self.mpi.in_rank_order(self._register)
+        else:
+            self._register()
+        log.info("registered as engine %d with controller at %s", self.id, info.url("engine"))
+
+    def _register(self) -> None:
+        info = self.info
         reply = self._handshake(self.task_sock, "register", self._registration(), "registered")
         self.id = reply.content["id"]
         self.watch.know(reply.content.get("instance"))
@@ -109,13 +118,14 @@ class Engine:
         self.heart.connect_out(info.url("hb_pong"))
         self.heart.daemon = True
         self.heart.start()
-        log.info("registered as engine %d with controller at %s", self.id, info.url("engine"))
 
     def _registration(self) -> dict:
         reg = {"host": socket.gethostname(), "pid": os.getpid(),
                "starttime": proc_starttime(os.getpid()), "python": sys.version.split()[0],
                "cwd": os.getcwd(), "shm": self.shm}
-        if os.environ.get("COHORT_RESTART_ENGINE") == "1":  # started by a cluster: replace if it dies
+        if self.mpi is not None:  # a lone replacement could not join the world: no restart
+            reg["mpi"] = self.mpi.describe()
+        elif os.environ.get("COHORT_RESTART_ENGINE") == "1":  # started by a cluster: replace if it dies
             reg["restart"] = [sys.executable, "-m", "cohort", *sys.argv[1:]]
         if self.id is not None:
             reg["resume"] = self.id
@@ -416,10 +426,14 @@ def _safe_repr(value) -> str:
         return f"<repr failed: {e!r}>"
 
 
-def run_engine(connection_file, controller_timeout: float = 30.0) -> int:
+def run_engine(connection_file, controller_timeout: float = 30.0, mpi: bool = False) -> int:
     """Entry point of `cohort engine`."""
     info = ConnectionInfo.read(connection_file)
-    engine = Engine(info, controller_timeout=controller_timeout)
+    world = None
+    if mpi:
+        from .mpi import MPIWorld
+        world = MPIWorld()
+    engine = Engine(info, controller_timeout=controller_timeout, mpi=world)
     try:
         engine.connect()
     except EngineStartError as e:
