@@ -58,7 +58,9 @@ def cmd_start(args) -> int:
                                  ("service", args.service), ("mpiexec", args.mpiexec))
               if v is not None}
     try:
-        cluster = Cluster(n=args.n, connection_file=cf, detached=True, ip=args.ip,
+        if args.store_threshold is not None:
+            launch["store_threshold"] = parse_size(args.store_threshold)
+        cluster = Cluster(n=args.n, connection_file=cf, detached=True, ip=args.ip, store=args.store,
                           log_level=args.log_level, start_timeout=args.timeout,
                           restart_engines=not args.no_restart, engines=args.engines,
                           controller_args=["--db", args.db] if args.db else (), **launch)
@@ -170,6 +172,19 @@ def _print_groups(rec_path) -> None:
         print("launched:")
         for g in launched:
             print(f"  {g.kind:<6} {g.n:>3} engines  {g.state()}")
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '64k', '1000' -> bytes (binary units)."""
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if mult > 1 else t)
+    except ValueError:
+        raise ValueError(f"size {text!r}: use bytes or a number with K, M, G or T") from None
+    if value < 0:
+        raise ValueError(f"size {text!r} must not be negative")
+    return int(value * mult)
 
 
 def _parse_age(text: str) -> float:
@@ -315,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not replace engines that die (by default the controller starts a "
                          "new one, so the cluster keeps its size)")
     sp.add_argument("--log-level", default="INFO")
+    sp.add_argument("--store", help="object store for large results (default: the profile's "
+                    "file store; s3://bucket/prefix, file:///path)")
+    sp.add_argument("--store-threshold", metavar="SIZE",
+                    help="results larger than this go to the store and come back as Refs "
+                         "(512M; 0 turns it off)")
     g = sp.add_argument_group("where engines run (see docs/launchers.md)")
     g.add_argument("--engines", default="local", choices=("local", "mpi", "ssh", "slurm", "sge", "pbs"),
                    help="local processes (default); mpi: under mpiexec, sharing MPI.COMM_WORLD; "

@@ -19,6 +19,8 @@ from pathlib import Path
 from .errors import ConnectionFileError
 
 DEFAULT_PROFILE = "default"
+#: task results larger than this (pickled) are written to the object store and come back as Refs
+DEFAULT_STORE_THRESHOLD = 512 * 2**20
 
 
 def cohort_home() -> Path:
@@ -47,6 +49,8 @@ class ConnectionInfo:
     transport: str = "tcp"
     location: str = ""     # where other hosts reach a controller bound to all interfaces
     curve: dict = field(default_factory=dict)  # CurveZMQ keys (z85 text); empty: plain TCP
+    store: str = ""        # object store for large results ("": each process's default store)
+    store_threshold: int = DEFAULT_STORE_THRESHOLD  # results larger go to the store; 0: never
 
     @classmethod
     def new(cls, ip: str = "127.0.0.1", encrypt: bool | None = None) -> "ConnectionInfo":
@@ -105,6 +109,9 @@ class ConnectionInfo:
             d["location"] = self.location
         if self.curve:
             d["curve"] = self.curve
+        if self.store:
+            d["store"] = self.store
+        d["store_threshold"] = self.store_threshold
         return d
 
     def write(self, path: Path | str) -> Path:
@@ -134,7 +141,8 @@ class ConnectionInfo:
                        cluster_id=d.get("cluster_id", ""), shm_token=d.get("shm_token", ""),
                        controller_pid=int(d.get("controller_pid", 0)),
                        transport=d.get("transport", "tcp"), location=d.get("location", ""),
-                       curve=dict(d.get("curve") or {}))
+                       curve=dict(d.get("curve") or {}), store=d.get("store", ""),
+                       store_threshold=int(d.get("store_threshold", DEFAULT_STORE_THRESHOLD)))
         except (KeyError, TypeError, ValueError) as e:
             raise ConnectionFileError(f"connection file {path} is malformed ({e!r})") from None
 

@@ -64,13 +64,19 @@ class Cluster:
     `service` submits elsewhere, e.g. ``"slurm+ssh://login"``). Engines that
     may run on other hosts make the controller bind all interfaces unless
     `ip` is given.
+
+    A task result larger than `store_threshold` bytes (512 MiB by default; 0
+    turns it off) is written by the engine to the object store `store` (a
+    URL; default: the profile's file store) and comes back as a
+    `cohort.store.Ref`.
     """
 
     def __init__(self, n: int | None = None, profile: str | None = None,
                  connection_file=None, detached: bool = False, ip: str | None = None,
                  log_level: str = "INFO", engine_args=(), controller_args=(),
                  start_timeout: float = 60.0, restart_engines: bool = True,
-                 encrypt: bool | None = None, engines: str = "local", **launch_options):
+                 encrypt: bool | None = None, engines: str = "local", store: str | None = None,
+                 store_threshold: int | None = None, **launch_options):
         self.launch_options = LaunchOptions(engines=engines, **launch_options)
         if ip is None:
             ip = "0.0.0.0" if self.launch_options.remote else "127.0.0.1"
@@ -85,6 +91,10 @@ class Cluster:
         self.restart_engines = restart_engines
         self.private = connection_file is None
         self.info = ConnectionInfo.new(ip=ip, encrypt=encrypt)
+        if store:
+            self.info.store = store
+        if store_threshold is not None:
+            self.info.store_threshold = int(store_threshold)
         if connection_file is None:
             self.folder = profile_dir(profile) / "clusters" / self.info.cluster_id
             connection_file = self.folder / "controller.json"

@@ -38,7 +38,8 @@ from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
 from .. import wire as wire_pkg
 from ..wire import Session, deserialize, shm
-from ..wire.serialize import stateless
+from ..store.ref import Ref, resolve, store_value
+from ..wire.serialize import Serialized, serialize, stateless
 from .capture import OutputCapture
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Engine:
         self._functions: dict = {}  # pickled bytes -> function
         self._recent: deque = deque(maxlen=32)  # last results sent: again after a controller restart
         self.shm = False
+        self._store = None  # opened on the first result large enough to go there
 
     # --- connection --------------------------------------------------------
     def _dealer(self, ident: str, url: str) -> zmq.Socket:
@@ -217,11 +219,13 @@ class Engine:
                 if value is not None:
                     content["execute_result"] = _safe_repr(value)
             elif t == "push":
-                self.ns.update(msg.objects()[0])
+                self.ns.update({k: resolve(v) for k, v in msg.objects()[0].items()})
             elif t == "pull":
                 objects = (self._pull(msg.content["names"]),)
             else:
                 raise ValueError(f"unknown task type {t!r}")
+            if objects and self.info.store_threshold:
+                objects = (self._maybe_store(objects[0]),)
             self._in_user = False
         except BaseException as e:  # user errors, KeyboardInterrupt and SystemExit alike
             self._in_user = False
@@ -242,6 +246,24 @@ class Engine:
             self.current = None
             self._finished.append(task_id)
 
+    def _maybe_store(self, value):
+        """A result larger than the cluster's threshold goes to the store; its Ref comes back."""
+        try:
+            frames = serialize(value)
+        except Exception:  # reported by send() as a result that could not be sent back
+            return value
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size <= self.info.store_threshold:
+            return Serialized(frames)
+        from .. import store
+        if self._store is None:
+            self._store = store.open(self.info.store or None)
+        ref = store_value(value, self._store, {"engine": self.id, "task": self.current},
+                          frames=frames)
+        log.info("result of task %s (%d bytes) written to the store as %s", self.current, size,
+                 ref.oid)
+        return ref
+
     def _load_function(self, frames):
         """Unpickle a shipped function, reusing the one decoded from the same bytes."""
         if len(frames) != 1:
@@ -260,6 +282,9 @@ class Engine:
         fn_frames, arg_frames = msg.object_frames()
         f = self._load_function(fn_frames)
         args, kwargs = deserialize(arg_frames)
+        if Ref in map(type, args) or Ref in map(type, kwargs.values()):  # fetched here, not by the client
+            args = [resolve(a) for a in args]
+            kwargs = {k: resolve(v) for k, v in kwargs.items()}
         if isinstance(f, types.FunctionType) and (f.__module__ == "__main__"
                                                   or f.__module__ not in sys.modules):
             # defined interactively (a notebook, a script, a module this engine lacks):
