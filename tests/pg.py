@@ -113,3 +113,12 @@ class PostgresServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def has_postgis(bindir: Path | None = None) -> bool:
+    """Is the PostGIS extension installed for the server in `bindir` (default: newest)?"""
+    bindir = bindir or find_bindir()
+    if bindir is None:
+        return False
+    ver = bindir.parent.name
+    return os.path.exists(f"/usr/share/postgresql/{ver}/extension/postgis.control")

@@ -1,0 +1,229 @@
+"""The catalog in PostgreSQL with PostGIS (psycopg 3).
+
+One table (default ``cohort_catalog``): footprints as ``geography`` (SRID 4326,
+polygon or multipolygon), times as ``timestamptz``, ``extra`` as ``jsonb``.
+Indexes: GIST on ``(geog, tstzrange(t0, t1, '[]'))`` — space and time in one
+index —, B-trees on ``oid`` (unique), ``t0``, ``(source, t0)``, ``orbit``, and
+GIN on ``extra``. Intersections are ``ST_Intersects(geography, geography)``;
+distances ``ST_DWithin(..., use_spheroid => false)``: on the sphere of radius
+6371.0088 km, like the SQLite backend. The database needs the PostGIS
+extension (``CREATE EXTENSION postgis``, done here when the user may).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from datetime import timezone
+
+from ..errors import CatalogError
+from .catalog import Catalog, Query, Record, Row, from_us
+from .geo import EARTH_RADIUS_KM
+
+log = logging.getLogger(__name__)
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+_COLS = "oid, filename, source, version, t0, t1, orbit, footprint, extra"
+
+
+class PostgisCatalog(Catalog):
+    """The catalog in a PostgreSQL database with PostGIS."""
+
+    def __init__(self, url: str, table: str = "cohort_catalog"):
+        try:
+            import psycopg
+        except ImportError:
+            raise CatalogError("a PostgreSQL catalog needs psycopg 3: "
+                               "pip install 'psycopg[binary]'") from None
+        self._psycopg = psycopg
+        if not _IDENT.match(table):
+            raise CatalogError(f"bad table name {table!r}")
+        self.t = table
+        self.url = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+        try:
+            self._conn = psycopg.connect(url, autocommit=True)
+            self._conn.execute("SET TIME ZONE 'UTC'")
+            self._setup()
+        except psycopg.Error as e:
+            raise CatalogError(f"cannot open the catalog at {self.url}: {e}") from e
+        self._lock = threading.RLock()
+
+    def _setup(self) -> None:
+        c, t = self._conn, self.t
+        have = c.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgis'").fetchone()
+        if not have:
+            try:
+                c.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+            except self._psycopg.Error as e:
+                raise CatalogError(
+                    "the database lacks PostGIS and this user cannot add it: ask its owner "
+                    f"to run CREATE EXTENSION postgis (Debian: apt install postgis): {e}") from e
+        with c.transaction():
+            c.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (t,))
+            c.execute(f"""
+                CREATE TABLE IF NOT EXISTS {t} (
+                    id bigserial PRIMARY KEY, oid text NOT NULL UNIQUE, filename text,
+                    source text, version text, t0 timestamptz, t1 timestamptz, orbit bigint,
+                    footprint text, geog geography(Geometry, 4326),
+                    extra jsonb NOT NULL DEFAULT '{{}}',
+                    CHECK (t0 <= t1))""")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {t}_meta (key text PRIMARY KEY, "
+                      "value bigint)")
+            self._indexes(c)
+
+    def _indexes(self, c) -> None:
+        t = self.t
+        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_geog_time ON {t} "
+                  "USING gist (geog, tstzrange(t0, t1, '[]'))")
+        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_t0 ON {t} (t0)")
+        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_source ON {t} (source, t0)")
+        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_orbit ON {t} (orbit)")
+        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_extra ON {t} USING gin (extra jsonb_path_ops)")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _db(self):
+        if self._conn is None:
+            raise CatalogError("the catalog is closed")
+        return self._conn
+
+    # -- writing --
+
+    def _insert(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        t = self.t
+        span = max((r.t1 - r.t0 for r in rows if r.t0 is not None), default=0)
+        with self._lock:
+            c = self._db()
+            try:
+                with c.transaction():
+                    c.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (t,))
+                    empty = c.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {t})").fetchone()[0]
+                    big = empty and len(rows) >= 50000
+                    if big:  # a first bulk load: build the indexes after
+                        for ix in ("geog_time", "t0", "source", "orbit", "extra"):
+                            c.execute(f"DROP INDEX IF EXISTS {t}_{ix}")
+                    target = t
+                    if not empty:
+                        c.execute(f"CREATE TEMP TABLE {t}_load (LIKE {t} INCLUDING DEFAULTS) "
+                                  "ON COMMIT DROP")
+                        target = f"{t}_load"
+                    with c.cursor().copy(
+                            f"COPY {target} (oid, filename, source, version, t0, t1, orbit, "
+                            "footprint, geog, extra) FROM STDIN") as cp:
+                        for r in rows:
+                            wkt = r.footprint.wkt if r.footprint is not None else None
+                            cp.write_row((r.oid, r.filename, r.source, r.version,
+                                          from_us(r.t0), from_us(r.t1), r.orbit, wkt, wkt,
+                                          json.dumps(r.extra)))
+                    if not empty:
+                        c.execute(f"""
+                            INSERT INTO {t} ({_COLS}, geog)
+                            SELECT {_COLS}, geog FROM {t}_load
+                            ON CONFLICT (oid) DO UPDATE SET filename = EXCLUDED.filename,
+                              source = EXCLUDED.source, version = EXCLUDED.version,
+                              t0 = EXCLUDED.t0, t1 = EXCLUDED.t1, orbit = EXCLUDED.orbit,
+                              footprint = EXCLUDED.footprint, geog = EXCLUDED.geog,
+                              extra = EXCLUDED.extra""")
+                    c.execute(f"INSERT INTO {t}_meta VALUES ('max_span', %s) ON CONFLICT (key) "
+                              f"DO UPDATE SET value = greatest({t}_meta.value, EXCLUDED.value)",
+                              (span,))
+                    if big:
+                        c.execute("SET LOCAL maintenance_work_mem = '512MB'")
+                        self._indexes(c)
+                if big:
+                    c.execute(f"ANALYZE {t}")
+            except self._psycopg.Error as e:
+                raise CatalogError(f"the catalog refused the records: {e}") from e
+
+    def _delete(self, oids: list[str]) -> int:
+        with self._lock:
+            cur = self._db().execute(f"DELETE FROM {self.t} WHERE oid = ANY(%s)", (oids,))
+            return cur.rowcount
+
+    # -- reading --
+
+    def _where(self, q: Query) -> tuple[list[str], list]:
+        conds: list[str] = []
+        params: list = []
+        if q.region is not None:
+            conds.append("ST_Intersects(geog, ST_GeogFromText(%s))")
+            params.append(q.region.wkt)
+        if q.point is not None:
+            lat, lon, rad = q.point
+            conds.append("ST_DWithin(geog, ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography, "
+                         "%s, false)")
+            params += [lon, lat, rad * EARTH_RADIUS_KM * 1000.0]
+        if q.timed:
+            lo, hi = from_us(q.t0), from_us(q.t1)
+            conds.append("t0 IS NOT NULL")
+            if q.spatial:  # the GIST index holds the time range too
+                conds.append("tstzrange(t0, t1, '[]') && tstzrange(%s, %s, '[]')")
+                params += [lo, hi]
+            if hi is not None:
+                conds.append("t0 <= %s")
+                params.append(hi)
+            if lo is not None:
+                conds.append("t1 >= %s")
+                params.append(lo)
+                if not q.spatial:
+                    span = self._db().execute(
+                        f"SELECT value FROM {self.t}_meta WHERE key = 'max_span'").fetchone()
+                    if span is not None:
+                        conds.append("t0 >= %s")
+                        params.append(from_us(q.t0 - int(span[0])))
+        for col in ("oid", "filename", "source", "version"):
+            values = getattr(q, col)
+            if values is not None:
+                conds.append(f"{col} = ANY(%s)")
+                params.append(values)
+        if q.orbit_range is not None:
+            conds.append("orbit >= %s AND orbit < %s")
+            params += list(q.orbit_range)
+        if q.orbit_in is not None:
+            conds.append("orbit = ANY(%s)")
+            params.append(q.orbit_in)
+        for key, values in q.extra.items():
+            alts = []
+            for v in values:
+                alts.append("extra @> %s::jsonb")
+                params.append(json.dumps({key: v}))
+            conds.append("(" + " OR ".join(alts or ["false"]) + ")")
+        return conds, params
+
+    def _select(self, q: Query) -> list[Record]:
+        conds, params = self._where(q)
+        sql = f"SELECT {_COLS} FROM {self.t}"
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        sql += ' ORDER BY t0 NULLS LAST, oid COLLATE "C"'
+        if q.limit is not None:
+            sql += f" LIMIT {int(q.limit)}"
+        with self._lock:
+            try:
+                rows = self._db().execute(sql, params).fetchall()
+            except self._psycopg.Error as e:
+                raise CatalogError(f"catalog query failed: {e}") from e
+        utc = timezone.utc
+        return [Record(r[0], r[1], r[2], r[3],
+                       r[4].astimezone(utc) if r[4] is not None else None,
+                       r[5].astimezone(utc) if r[5] is not None else None,
+                       r[6], r[7], r[8] or {}) for r in rows]
+
+    def _count(self, q: Query) -> int:
+        conds, params = self._where(q)
+        sql = f"SELECT count(*) FROM {self.t}"
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        with self._lock:
+            try:
+                return self._db().execute(sql, params).fetchone()[0]
+            except self._psycopg.Error as e:
+                raise CatalogError(f"catalog query failed: {e}") from e
