@@ -1,0 +1,331 @@
+"""Put and get streams: objects larger than memory, as real binary file objects.
+
+A `PutStream` writes through to its first copy's location in the caller's
+chunks (hashing each chunk on another core while the bytes are written), so
+memory stays constant; nothing is visible until `close` commits it, and an
+exception inside ``with`` (or a stream dropped without ``close``) aborts it.
+
+A `GetStream` is an `io.RawIOBase`: ``read``, ``readinto``, ``seek``, ``tell``.
+It reads the object block by block (4 MiB), verifies each block against the
+copy record before handing out any of its bytes, and reads ahead while the
+caller is busy. A block that fails its checksum (or a copy that vanished) is
+read from the next copy instead; the bad copies are healed when the stream
+closes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+from ..errors import CorruptObject, StoreError
+from .backend import BlobReader, Location, Missing
+from .checksum import BlockHasher, Checksum, hash_pool
+
+log = logging.getLogger(__name__)
+
+_HASH_ASIDE = 1 << 20  # writes at least this large are hashed on another thread
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(16, thread_name_prefix="cohort-store-read")
+        return _pool
+
+
+class PutStream(io.RawIOBase):
+    """A writable binary stream that becomes one object when closed; `oid` names it."""
+
+    mode = "wb"
+
+    def __init__(self, oid: str, primary: Location, algo: str, block: int,
+                 finish: Callable[[Checksum], None], cancel: Callable[[], None]):
+        super().__init__()
+        self.oid = oid
+        self.name = oid
+        self._finish, self._cancel = finish, cancel
+        self._hasher = BlockHasher(algo, block)
+        self._size = 0
+        self._state = "new"
+        self._w = primary.writer(oid)
+        self._state = "open"
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    @property
+    def committed(self) -> bool:
+        return self._state == "committed"
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._size
+
+    def write(self, b) -> int:
+        """Append `b` (any buffer); returns its length."""
+        if self._state != "open":
+            raise ValueError(f"put stream {self.oid} is {self._state}")
+        mv = memoryview(b)
+        if not mv.c_contiguous:
+            raise ValueError("put stream: buffer is not contiguous")
+        mv = mv.cast("B")
+        n = len(mv)
+        try:
+            if n >= _HASH_ASIDE:
+                fut = hash_pool().submit(self._hasher.update, mv)
+                try:
+                    self._w.write(mv)
+                finally:
+                    fut.result()
+            else:
+                self._hasher.update(mv)
+                self._w.write(mv)
+        except BaseException:
+            self.abort()
+            raise
+        self._size += n
+        return n
+
+    def close(self) -> None:
+        """Commit: the object becomes visible under `oid` with all its copies."""
+        if self._state == "open":
+            self._state = "committing"
+            try:
+                checksum = self._hasher.finish()
+                self._w.commit()
+                self._finish(checksum)
+            except BaseException:
+                self._state = "failed"
+                self._cancel()
+                raise
+            self._state = "committed"
+        super().close()
+
+    def abort(self) -> None:
+        """Drop what was written; the OID stays unused (a reserved one can be written again)."""
+        if self._state in ("open", "new"):
+            self._state = "aborted"
+            try:
+                self._w.abort()
+            finally:
+                self._cancel()
+        super().close()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            if self._state == "open":
+                log.info("put stream %s aborted by %s", self.oid, exc_type.__name__)
+            self.abort()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == "open":
+            log.warning("put stream %s was dropped without close(): aborted", self.oid)
+            try:
+                self.abort()
+            except Exception:
+                pass
+        try:
+            super().close()
+        except Exception:
+            pass
+
+
+class GetStream(io.RawIOBase):
+    """A readable, seekable binary stream over one object, verified block by block."""
+
+    mode = "rb"
+
+    def __init__(self, oid: str, checksum: Checksum, locations: list[Location],
+                 verify: bool = True, on_close: Callable[[list], None] | None = None):
+        super().__init__()
+        self.oid = self.name = oid
+        self._cs = checksum
+        self._size = checksum.size
+        self._block = checksum.block
+        self._nblocks = checksum.nblocks
+        self._locs = list(locations)
+        self._readers: list[BlobReader | None] = [None] * len(self._locs)
+        self._bad: dict[int, str] = {}
+        self._verify = verify
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self._pos = 0
+        self._cache: dict[int, bytes] = {}
+        self._ahead: dict[int, Future] = {}
+        self._last = -1
+        self._depth = max(1, max((loc.readahead for loc in self._locs), default=1))
+        if self._first_good() is None:
+            raise CorruptObject(f"object {oid}: no readable copy ({self._why()})")
+
+    # --- io interface -----------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence ({whence})")
+        pos = base + offset
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def readinto(self, b) -> int:
+        self._check()
+        mv = memoryview(b).cast("B")
+        total = 0
+        while total < len(mv) and self._pos < self._size:
+            idx = self._pos // self._block
+            blk = self._get_block(idx)
+            off = self._pos - idx * self._block
+            k = min(len(mv) - total, len(blk) - off)
+            mv[total:total + k] = blk[off:off + k]
+            total += k
+            self._pos += k
+        return total
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check()
+        if size is None or size < 0:
+            size = self._size - self._pos
+        parts = []
+        want = min(size, max(0, self._size - self._pos))
+        while want > 0:
+            idx = self._pos // self._block
+            blk = self._get_block(idx)
+            off = self._pos - idx * self._block
+            k = min(want, len(blk) - off)
+            parts.append(blk if (off == 0 and k == len(blk)) else memoryview(blk)[off:off + k])
+            self._pos += k
+            want -= k
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]  # a whole block: no copy
+        return b"".join(parts)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        for fut in self._ahead.values():
+            fut.cancel()
+        for fut in self._ahead.values():
+            try:
+                fut.result()
+            except Exception:
+                pass
+        self._ahead.clear()
+        self._cache.clear()
+        for r in self._readers:
+            if r is not None:
+                r.close()
+        super().close()
+        if self._bad and self._on_close is not None:
+            self._on_close([self._locs[i] for i in self._bad])
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    # --- blocks -----------------------------------------------------------------------
+    def _get_block(self, idx: int) -> bytes:
+        blk = self._cache.get(idx)
+        if blk is None:
+            fut = self._ahead.pop(idx, None)
+            blk = fut.result() if fut is not None else self._load(idx)
+            if len(self._cache) >= 2:
+                self._cache.pop(next(iter(self._cache)))  # the oldest
+            self._cache[idx] = blk
+        sequential = idx in (self._last, self._last + 1)
+        self._last = idx
+        # drop read-ahead that a seek made useless; schedule the next blocks
+        for j in [j for j in self._ahead if j <= idx or j > idx + self._depth]:
+            self._ahead.pop(j).cancel()
+        if sequential:
+            for j in range(idx + 1, min(idx + 1 + self._depth, self._nblocks)):
+                if j not in self._ahead and j not in self._cache:
+                    self._ahead[j] = _read_pool().submit(self._load, j)
+        return blk
+
+    def _reader_for(self, i: int) -> BlobReader | None:
+        with self._lock:
+            if i in self._bad:
+                return None
+            r = self._readers[i]
+            if r is None:
+                try:
+                    r = self._locs[i].reader(self.oid)
+                except Missing:
+                    self._bad[i] = "missing"
+                    return None
+                if r.size != self._size:
+                    r.close()
+                    self._bad[i] = f"size {r.size} instead of {self._size}"
+                    return None
+                self._readers[i] = r
+            return r
+
+    def _first_good(self) -> int | None:
+        for i in range(len(self._locs)):
+            if self._reader_for(i) is not None:
+                return i
+        return None
+
+    def _why(self) -> str:
+        return "; ".join(f"{self._locs[i].url}: {why}" for i, why in sorted(self._bad.items()))
+
+    def _load(self, idx: int) -> bytes:
+        off = idx * self._block
+        n = min(self._block, self._size - off)
+        error: Exception | None = None
+        for i in range(len(self._locs)):
+            r = self._reader_for(i)
+            if r is None:
+                continue
+            try:
+                data = r.read_range(off, n)
+            except Missing:
+                with self._lock:
+                    self._bad[i] = "missing"
+                continue
+            except Exception as e:  # transient: try another copy, do not "heal"
+                log.warning("object %s: reading %s failed: %s", self.oid, self._locs[i].url, e)
+                error = e
+                continue
+            if len(data) == n and (not self._verify or self._cs.block_ok(idx, data)):
+                return data
+            log.warning("object %s: block %d of the copy at %s fails its checksum",
+                        self.oid, idx, self._locs[i].url)
+            with self._lock:
+                self._bad[i] = f"block {idx} corrupt"
+        if error is not None and len(self._bad) < len(self._locs):
+            raise StoreError(f"object {self.oid}: cannot read block {idx}: {error}") from error
+        raise CorruptObject(f"object {self.oid}: every copy is bad ({self._why()}); "
+                            "run `cohort store fsck` to see what is left")
