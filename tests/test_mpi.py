@@ -28,8 +28,8 @@ pi = 4.0 * total / (n * comm.size) if comm.rank == 0 else None
 """
 
 
-@pytest.fixture(scope="module")
-def mpi_ready():
+def require_mpi() -> None:
+    """Fail (or skip with COHORT_SKIP_MPI=1) unless mpiexec and mpi4py are there."""
     if os.environ.get("COHORT_SKIP_MPI") == "1":
         pytest.skip("COHORT_SKIP_MPI=1")
     if shutil.which("mpiexec") is None:
@@ -38,6 +38,11 @@ def mpi_ready():
         import mpi4py  # noqa: F401
     except ImportError:
         pytest.fail("mpi4py is not installed: run .ci/run (or pip install -e '.[test]')")
+
+
+@pytest.fixture(scope="module")
+def mpi_ready():
+    require_mpi()
 
 
 def test_pi_interactively_under_mpiexec(mpi_ready, make_cluster):

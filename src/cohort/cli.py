@@ -57,6 +57,8 @@ def cmd_start(args) -> int:
                                  ("queue", args.queue), ("account", args.account),
                                  ("service", args.service), ("mpiexec", args.mpiexec))
               if v is not None}
+    if args.mpi:
+        launch["mpi"] = True
     try:
         if args.store_threshold is not None:
             launch["store_threshold"] = parse_size(args.store_threshold)
@@ -347,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--account", help="batch: account to charge")
     g.add_argument("--service", help="batch: job service URL, e.g. slurm+ssh://login-node")
     g.add_argument("--mpiexec", help="mpi: the mpiexec to use (default: mpiexec on PATH)")
+    g.add_argument("--mpi", action="store_true",
+                   help="batch: start the job's engines with mpiexec, sharing MPI.COMM_WORLD")
 
     sp = add("stop", cmd_stop, "stop the cluster started by `cohort start`")
     sp.add_argument("--timeout", type=float, default=5, help="seconds before stragglers are killed (5)")

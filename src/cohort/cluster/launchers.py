@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,13 +47,18 @@ class LaunchOptions:
     queue: str | None = None
     account: str | None = None
     service: str | None = None                  # a JobService URL that overrides the kind's own
+    service_options: dict = field(default_factory=dict)  # JobService(..., **these): identity_file, ssh_options
     python: str = sys.executable                # the Python that runs engines there
     mpiexec: str = "mpiexec"
     mpi_args: list = field(default_factory=list)
+    mpi: bool = False                           # batch: the job's engines share one MPI world
 
     def __post_init__(self):
         if self.engines not in KINDS:
             raise ValueError(f"engines={self.engines!r}: choose one of {', '.join(KINDS)}")
+        if self.mpi and self.engines not in BATCH:
+            raise ValueError("mpi=True is for batch engines (slurm, sge, pbs); "
+                             "engines='mpi' runs them under mpiexec here")
         if isinstance(self.hosts, str):
             self.hosts = parse_hosts(self.hosts)
 
@@ -60,6 +66,10 @@ class LaunchOptions:
     def remote(self) -> bool:
         """Whether engines may run on other hosts (the controller must be reachable)."""
         return self.engines in ("ssh", *BATCH)
+
+    def job_service(self, url: str):
+        from ..jobs import JobService
+        return JobService(url, **self.service_options)
 
     def engine_count(self, n: int | None) -> int:
         if self.engines == "ssh":
@@ -117,7 +127,8 @@ class EngineGroup:
     @staticmethod
     def from_record(rec: dict) -> "EngineGroup":
         if rec.get("job"):
-            return JobGroup(rec["kind"], rec["n"], None, rec["service"], rec["job"])
+            return JobGroup(rec["kind"], rec["n"], None, rec["service"], rec["job"],
+                            rec.get("options"))
         return ProcessGroup(rec["kind"], rec["n"], pids=rec["pids"])
 
 
@@ -153,10 +164,12 @@ class ProcessGroup(EngineGroup):
 class JobGroup(EngineGroup):
     """Engines inside a job of a `cohort.jobs` service (SSH, Slurm, Grid Engine, PBS)."""
 
-    def __init__(self, kind: str, n: int, job, service: str, native_id: str | None = None):
+    def __init__(self, kind: str, n: int, job, service: str, native_id: str | None = None,
+                 options: dict | None = None):
         super().__init__(n)
         self.kind = kind
         self.service = service
+        self.options = dict(options or {})  # JobService options (JSON-able: kept in cluster.json)
         self._job = job
         self.native_id = native_id or job.native_id
 
@@ -164,7 +177,7 @@ class JobGroup(EngineGroup):
     def job(self):
         if self._job is None:
             from ..jobs import JobService
-            self._job = JobService(self.service).attach(self.native_id)
+            self._job = JobService(self.service, **self.options).attach(self.native_id)
         return self._job
 
     def state(self) -> str:
@@ -187,7 +200,8 @@ class JobGroup(EngineGroup):
             log.warning("could not cancel job %s at %s: %s", self.native_id, self.service, e)
 
     def record(self) -> dict:
-        return {"kind": self.kind, "n": self.n, "service": self.service, "job": self.native_id}
+        return {"kind": self.kind, "n": self.n, "service": self.service, "job": self.native_id,
+                "options": self.options}
 
 
 # --- launchers -------------------------------------------------------------------
@@ -238,11 +252,11 @@ def _launch_mpi(opts, n, cluster) -> list:
 
 
 def _launch_ssh(opts, n, cluster) -> list:
-    from ..jobs import JobDescription, JobService
+    from ..jobs import JobDescription
     groups = []
     for host, count in opts.hosts:
         url = f"ssh://{host}"
-        js = JobService(url)
+        js = opts.job_service(url)
         _stage_connection_file(js, cluster.connection_file)
         jd = JobDescription(
             executable=opts.python,
@@ -250,37 +264,47 @@ def _launch_ssh(opts, n, cluster) -> list:
             stdout=str(cluster.log_dir / f"engines-ssh-{len(groups)}.log"),
             stderr=str(cluster.log_dir / f"engines-ssh-{len(groups)}.err"),
             name=f"cohort-engines-{cluster.info.cluster_id}")
-        groups.append(JobGroup("ssh", count, js.submit(jd), url))
+        groups.append(JobGroup("ssh", count, js.submit(jd), url, options=opts.service_options))
     return groups
 
 
 def _stage_connection_file(js, path) -> None:
-    """Copy the connection file to the same path on the remote host (mode 0600)."""
-    stage = getattr(js, "put_file", None)
-    if stage is not None:
-        stage(str(path), str(path), mode=0o600)
+    """Copy the connection file to the same path on the remote host (mode 0600),
+    replacing it in one rename so engines reading it never see half a file."""
+    q = shlex.quote
+    tmp = f"{path}.{os.getpid()}.tmp"
+    res = js.shell.run(f"umask 077 && mkdir -p {q(os.path.dirname(str(path)))} && "
+                       f"cat > {q(tmp)} && mv -f {q(tmp)} {q(str(path))}",
+                       input=open(path).read())
+    if res.rc != 0:
+        raise ClusterStartError(f"could not copy the connection file to {js.url}: {res.message}")
 
 
 def _launch_batch(opts, n, cluster) -> list:
-    from ..jobs import JobDescription, JobService
+    from ..jobs import JobDescription
     nodes = opts.nodes or 1
     per_node = opts.per_node or max(1, n // nodes)
     url = opts.service or f"{opts.engines}://"
     launcher = None
-    if nodes > 1:  # one `cohort engine -n K` per node
-        launcher = ("srun --ntasks-per-node=1" if opts.engines == "slurm" else
-                    f"{opts.mpiexec} --map-by ppr:1:node")
+    if opts.mpi:  # every engine a rank of one world, started by mpiexec inside the job
+        argv = engine_argv(opts.python, cluster.connection_file, 1, cluster.engine_args, mpi=True)
+        launcher = " ".join(shlex.quote(a) for a in mpiexec_argv(opts, nodes * per_node))
+    else:
+        argv = engine_argv(opts.python, cluster.connection_file, per_node, cluster.engine_args)
+        if nodes > 1:  # one `cohort engine -n K` per node
+            launcher = ("srun --ntasks-per-node=1" if opts.engines == "slurm" else
+                        f"{shlex.quote(opts.mpiexec)} --map-by ppr:1:node")
     jd = JobDescription(
         executable=opts.python,
-        arguments=engine_argv(opts.python, cluster.connection_file, per_node, cluster.engine_args)[1:],
+        arguments=argv[1:],
         nodes=nodes, processes_per_node=1, walltime=opts.walltime, queue=opts.queue,
         account=opts.account, launcher=launcher, directory=str(cluster.log_dir),
         stdout=str(cluster.log_dir / "engines-job.log"), stderr=str(cluster.log_dir / "engines-job.err"),
         name=f"cohort-engines-{cluster.info.cluster_id}")
     cluster.log_dir.mkdir(parents=True, exist_ok=True)
-    job = JobService(url).submit(jd)
+    job = opts.job_service(url).submit(jd)
     log.info("submitted %d engines as job %s to %s", nodes * per_node, job.native_id, url)
-    return [JobGroup(opts.engines, nodes * per_node, job, url)]
+    return [JobGroup(opts.engines, nodes * per_node, job, url, options=opts.service_options)]
 
 
 _LAUNCHERS = {"local": _launch_local, "mpi": _launch_mpi, "ssh": _launch_ssh,

@@ -197,7 +197,9 @@ class Cluster:
         deadline = time.monotonic() + self.start_timeout
         try:
             self.start_controller()
-            self.add_engines(self.n)  # they connect as soon as the controller binds
+            if self.launch_options.remote:  # the connection file they get must be complete
+                self._wait_controller(deadline)
+            self.add_engines(self.n)  # local ones connect as soon as the controller binds
             self._wait_controller(deadline)
             self.client = Client(self.connection_file, timeout=max(1.0, deadline - time.monotonic()))
             self.wait_for_engines(self.n, deadline)
