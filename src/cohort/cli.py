@@ -18,6 +18,9 @@ EPILOG = """examples:
   cohort engine --file F       start one engine that joins the cluster of connection file F
   cohort tasks --state failed  recorded tasks that failed (with or without a running cluster)
   cohort tasks --purge-older-than 30d   delete finished task records older than 30 days
+  cohort start -n 4 --engines mpi       engines under mpiexec, sharing MPI.COMM_WORLD
+  cohort start --engines slurm --nodes 2 --per-node 4 --walltime 00:30:00
+  cohort job submit --service slurm:// ./solver case.json   a batch job, no cluster
 """
 
 
@@ -402,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run under mpiexec: engines share MPI.COMM_WORLD and take ids in rank order "
                          "(mpiexec -n 4 cohort engine --mpi --file F)")
     sp.add_argument("--log-level", default="INFO")
+    from .jobs.cli import add_job_parser
+    add_job_parser(sub)
     return p
 
 
