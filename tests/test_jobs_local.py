@@ -55,3 +55,14 @@ def test_missing_executable_fails_with_127(js):
     job = js.submit(JobDescription("/nonexistent/program"))
     assert job.wait(WAIT) is JobState.FAILED
     assert job.exit_code == 127
+
+
+def test_refresh_many_jobs_in_one_query(js):
+    many = [js.submit(JobDescription("sh", ["-c", f"exit {i}"])) for i in range(3)]
+    for job in many:
+        job.wait(WAIT)
+    fresh = [jobs.JobService("local://", state_dir=js.backend.state_dir).attach(j.native_id)
+             for j in many]
+    js.refresh(fresh)
+    assert [j.exit_code for j in fresh] == [0, 1, 2]
+    assert [j.cached_state for j in fresh] == [JobState.COMPLETED, JobState.FAILED, JobState.FAILED]

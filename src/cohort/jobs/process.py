@@ -45,7 +45,7 @@ from .template import base_values
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 # The runner: records its pid (= process group = session), runs the job with its
 # output redirected, records the exit status. A signal to the group marks it cancelled.

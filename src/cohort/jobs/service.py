@@ -157,7 +157,7 @@ class Job:
     def state(self) -> JobState:
         """The current state (asks the service unless the job is final)."""
         if self.native_id is not None and not self._state.final:
-            self.service._refresh([self])
+            self.service.refresh([self])
         return self._state
 
     @property
@@ -189,8 +189,18 @@ class Job:
         targets = set(states or ())
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.05
+        failures = 0
         while True:
-            st = self.state
+            try:
+                st = self.state
+                failures = 0
+            except JobError as e:
+                # a busy scheduler may time out now and then: retry, but not forever
+                failures += 1
+                if failures > self.service.query_retries:
+                    raise
+                log.warning("job %s: could not read its state (%s); retrying", self.native_id, e)
+                st = self._state
             if st.final or st in targets:
                 return st
             now = time.monotonic()
@@ -213,14 +223,16 @@ class JobService:
     ``profile`` (whose ``job_templates/`` and ``jobs/`` folders to use),
     ``identity_file``, ``ssh_options`` (``["StrictHostKeyChecking=no", ...]``),
     ``control_master`` (reuse one SSH connection, default True),
-    ``state_dir`` (local/ssh: where job records live), ``max_poll``, and
-    per-scheduler options (see each scheduler's module).
+    ``state_dir`` (local/ssh: where job records live), ``max_poll`` (longest
+    sleep between polls in `Job.wait`), ``query_retries`` (how many failed
+    state queries in a row `Job.wait` tolerates), and per-scheduler options
+    (see each scheduler's module).
     """
 
     def __init__(self, url: str = "local://", *, template: str | Path | None = None,
                  profile: str | None = None, identity_file: str | None = None,
                  ssh_options: list[str] | None = None, control_master: bool = True,
-                 max_poll: float | None = None, **options) -> None:
+                 max_poll: float | None = None, query_retries: int = 10, **options) -> None:
         self.url = url if "://" in url else url + "://"
         scheme, through_ssh, user, host, port, _path = _parse_url(self.url)
         self.scheme = scheme
@@ -235,6 +247,7 @@ class JobService:
         cls = getattr(importlib.import_module(modname), clsname)
         self.backend: Backend = cls(self.shell, scheme=scheme, profile=profile, **options)
         self.max_poll = float(max_poll) if max_poll else self.backend.max_poll
+        self.query_retries = int(query_retries)
         self._jobs: dict[str, Job] = {}
 
     def __repr__(self) -> str:
@@ -311,7 +324,9 @@ class JobService:
         self._jobs[nid] = job
         log.info("submitted job %s to %s", nid, self.url)
 
-    def _refresh(self, jobs: list[Job]) -> None:
+    def refresh(self, jobs: Iterable[Job]) -> None:
+        """Update the state of many jobs of this service with one query."""
+        jobs = list(jobs)
         ids = [j.native_id for j in jobs if j.native_id is not None and not j._state.final]
         if not ids:
             return
