@@ -62,6 +62,7 @@ def test_unclosed_rings_duplicates_and_wrapped_longitudes_are_normalized():
 @pytest.mark.parametrize("bad", [
     "POINT(1 2)", "POLYGON((0 0, 1 1))", "POLYGON((0 0, 10 0, 10 95, 0 0))",
     "POLYGON((0 0, 1 0, 2 0, 0 0))",                    # no area: one great circle
+    "POLYGON((0 80, 180 80, 180 70, 0 70, 0 80))",      # no area: along meridians 0/180
     "POLYGON((0 0, 180 0, 90 10, 0 0))",                # antipodal edge
     "POLYGON((0 0, 10 0, 10 x, 0 0))", "POLYGON((0 0, 10 0, 10 10, 0 0)",
     "POLYGON((0 0, 10 0, nan 10, 0 0))", "SRID=3857;POLYGON((0 0,1 0,1 1,0 0))",
@@ -107,16 +108,23 @@ def test_boxes_of_polar_polygons_reach_the_pole_at_every_longitude():
     (w, e, s, n), = Footprint(SOUTH_TRI).boxes
     assert (w, e, s) == (-180, 180, -90) and -80 <= n < -79.9
     # a swath passing near (not over) the pole: wide in lon, not reaching 90
-    near = Footprint("POLYGON((-10 80, 165 85, 170 84, -5 79, -10 80))")
+    near = Footprint("POLYGON((-10 80, 160 85, 165 84, -10 80))")
     assert not contains_point(near, (0, 0, 1))
     (w, e, s, n), = near.boxes
-    assert (w, e) == pytest.approx((-10, 170)) and 89.7 < n < 89.71 and 78.9 < s <= 79
+    assert (w, e) == pytest.approx((-10, 165)) and 89.6 < n < 89.7 and 79.9 < s <= 80
+    # an edge over the pole reaches it, and only that pole
+    (w, e, s, n), = Footprint("POLYGON((10 70, 12 70, -171 70, -169 70, 10 70))").boxes
+    assert (w, e, n) == (-180, 180, 90) and 69.9 < s <= 70
 
 
 def test_lon_cover_and_cap_boxes():
     assert lon_cover([(170, 20)]) == (170, 20)
     assert lon_cover([(-10, 20), (100, 10)]) == (-10, 120)
     assert lon_cover([(0, 120), (120, 120), (240, 120)]) is None
+    # intervals on both sides of 180, some wrapping over it
+    assert lon_cover([(177.5, 5), (177.5, 7), (-175.5, 5), (-177, 6.5)]) == \
+        pytest.approx((177.5, 12))
+    assert lon_cover([(170, 20), (-175, 10), (-10, 5)]) == (170, 185)
     assert len(cap_boxes(0, 179.9, 50 / EARTH_RADIUS_KM)) == 2
     (w, e, s, n), = cap_boxes(89.9, 0, 50 / EARTH_RADIUS_KM)
     assert (w, e, n) == (-180, 180, 90)
@@ -179,7 +187,7 @@ def test_intersects_antimeridian_swaths_and_polar_regions():
     assert ps.intersects(west).tolist() == [True, False, False]
     assert ps.intersects(far).tolist() == [False, False, False]
     # a thin swath over the pole from lon 10 to lon -170 meets the cap
-    over = Footprint("POLYGON((10 70, 11 70, -169 70, -170 70, 10 70))").polyset()
+    over = Footprint("POLYGON((10 70, 12 70, -171 70, -169 70, 10 70))").polyset()
     assert ps.intersects(over).tolist() == [False, True, False]
     # a small region near the pole inside the cap: no edges cross
     tiny = Footprint("POLYGON((33 89, 34 89, 34 89.1, 33 89.1, 33 89))").polyset()

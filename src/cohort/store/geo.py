@@ -266,10 +266,14 @@ class Footprint:
                 raise CatalogError(f"an edge joins two antipodal points {pts[i]} and "
                                    f"{pts[(i + 1) % len(pts)]}: its great circle is "
                                    "undefined; add a vertex between them")
+        if _self_crossing(xyz):
+            raise CatalogError(f"a ring crosses itself: {_ring_text(pts)}")
         area = ring_area(xyz)
-        if area < 1e-26 or area > 4 * math.pi - 1e-26:
+        area = min(area, 4 * math.pi - area)
+        perimeter = sum(math.dist(xyz[i - 1], xyz[i]) for i in range(len(xyz)))
+        if area < 1e-12 * perimeter ** 2:
             raise CatalogError("a ring encloses no area (all vertices on one great circle?)")
-        if area > 2 * math.pi:
+        if ring_area(xyz) > 2 * math.pi:
             xyz = xyz[::-1]
         return _Ring(pts, xyz, poly, hole)
 
@@ -304,6 +308,34 @@ class Footprint:
         from .geoset import PolySet
         blob, table = self.pack()
         return PolySet([blob], [table])
+
+
+def _ring_text(pts: list[LonLat]) -> str:
+    text = ", ".join(f"{lo:g} {la:g}" for lo, la in pts[:6])
+    return f"({text}{', ...' if len(pts) > 6 else ''})"
+
+
+def _self_crossing(xyz) -> bool:
+    """Do two non-adjacent edges of the ring cross (strictly)?"""
+    n = len(xyz)
+    if n < 4:
+        return False
+    if n > 24:
+        from .geoset import ring_self_crossing
+        return ring_self_crossing(xyz)
+    normals = [_cross(xyz[i], xyz[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        a, b, ab = xyz[i], xyz[(i + 1) % n], normals[i]
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:
+                continue  # adjacent through the closing vertex
+            c, d, cd = xyz[j], xyz[(j + 1) % n], normals[j]
+            acb, bda = -_dot(ab, c), _dot(ab, d)
+            if acb * bda <= 0:
+                continue
+            if acb * -_dot(cd, b) > 0 and acb * _dot(cd, a) > 0:
+                return True
+    return False
 
 
 def _near(a, b) -> bool:
@@ -357,7 +389,7 @@ def lon_cover(intervals: list[tuple[float, float]]) -> tuple[float, float] | Non
         end = merged[-1][1] - 360.0
         while len(merged) > 1 and merged[0][0] <= end:
             first = merged.pop(0)
-            end = max(end, first[1] - 360.0)
+            end = max(end, first[1])
             merged[-1][1] = end + 360.0
         if merged[-1][1] - merged[0][0] >= 360.0 and len(merged) == 1:
             return None
@@ -394,7 +426,7 @@ def _boxes(fp: Footprint) -> list[tuple[float, float, float, float]]:
     zlo, zhi = 1.0, -1.0
     intervals: list[tuple[float, float]] = []
     winding_by_poly: dict[int, float] = {}
-    polar = False
+    polar_n = polar_s = False
     for r in fp.rings:
         xyz, pts = r.xyz, r.lonlat
         n = len(xyz)
@@ -407,8 +439,10 @@ def _boxes(fp: Footprint) -> list[tuple[float, float, float, float]]:
                 continue
             la, lb = math.atan2(a[1], a[0]) / _DEG, math.atan2(b[1], b[0]) / _DEG
             d = (lb - la + 180.0) % 360.0 - 180.0
-            if abs(a[2]) > 1 - 1e-15 or abs(b[2]) > 1 - 1e-15 or abs(d) > 180.0 - 1e-9:
-                polar = True  # a vertex on a pole or an edge over one
+            if abs(a[2]) > 1 - 1e-15 or abs(d) > 180.0 - 1e-9:
+                # a vertex on a pole or an edge over one
+                polar_n |= a[2] + b[2] > 0
+                polar_s |= a[2] + b[2] < 0
             intervals.append((la, d) if d >= 0 else (lb, -d))
             wind += d
         if not r.hole:
@@ -416,11 +450,11 @@ def _boxes(fp: Footprint) -> list[tuple[float, float, float, float]]:
     south = math.asin(max(-1.0, min(1.0, zlo))) / _DEG
     north = math.asin(max(-1.0, min(1.0, zhi))) / _DEG
     cover = lon_cover(intervals)
-    if polar or cover is None:
+    if polar_n or polar_s or cover is None:
         # the rings reach all longitudes: which poles are inside?
-        if polar or contains_point(fp, (0.0, 0.0, 1.0)):
+        if polar_n or contains_point(fp, (0.0, 0.0, 1.0)):
             north = 90.0
-        if polar or contains_point(fp, (0.0, 0.0, -1.0)):
+        if polar_s or contains_point(fp, (0.0, 0.0, -1.0)):
             south = -90.0
         if north == 90.0 or south == -90.0:
             cover = None

@@ -257,3 +257,16 @@ class PolySet:
             for q in Q:
                 out |= rest & self.contains(q)
         return out
+
+
+def ring_self_crossing(xyz: Sequence[Sequence[float]]) -> bool:
+    """Do two non-adjacent edges of the ring (unit vectors) cross strictly?"""
+    A = np.asarray(xyz, dtype=np.float64)
+    B = np.roll(A, -1, axis=0)
+    N = np.cross(A, B)
+    n = len(A)
+    s_c, s_d = N @ A.T, N @ B.T          # [i, j]: edge j's ends against edge i's circle
+    hit = (s_c * s_d < 0) & (s_c.T * s_d.T < 0) & (s_c * s_d.T > 0)
+    i, j = np.indices((n, n))
+    hit &= (np.abs(i - j) > 1) & (np.abs(i - j) != n - 1)
+    return bool(hit.any())
