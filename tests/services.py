@@ -12,7 +12,6 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -243,7 +242,3 @@ class JobServiceContract:
     def new_service(self, js) -> jobs.JobService:
         """A second JobService on the same URL, as another process would make."""
         return jobs.JobService(js.url)
-
-
-def kill_group(pid: int) -> None:
-    os.killpg(pid, signal.SIGTERM)

@@ -144,7 +144,10 @@ class Job:
         return self
 
     def cancel(self) -> None:
-        """Cancel the job (no-op when it is already final). The state becomes CANCELED."""
+        """Ask the service to cancel the job (a no-op once it is final).
+
+        The state reads CANCELED once the batch system has acted; `wait()` for it.
+        """
         if self.native_id is None:
             self._state = JobState.CANCELED
             return
