@@ -406,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(mpiexec -n 4 cohort engine --mpi --file F)")
     sp.add_argument("--log-level", default="INFO")
     from .jobs.cli import add_job_parser
+    from .store.cli import add_store_parsers
     add_job_parser(sub)
+    add_store_parsers(sub)
     return p
 
 
