@@ -153,3 +153,27 @@ def test_bad_launch_options_are_refused_clearly(make_cluster):
         cohort.Cluster(engines="ssh", hosts="node1:0")
     with pytest.raises(ValueError, match="batch engines"):
         cohort.Cluster(engines="local", mpi=True)
+
+
+def test_a_job_slurm_rejects_gives_slurms_own_message(make_cluster):
+    check_slurm()
+    with pytest.raises(cohort.errors.JobError) as info:
+        make_cluster(n=2, engines="slurm", ip="127.0.0.1", queue="no-such-partition",
+                     walltime="00:05:00")
+    assert "invalid partition" in str(info.value).lower()
+
+
+def test_cli_no_wait_returns_at_once_and_status_shows_the_job(cohort_home):
+    check_slurm()
+    env = dict(os.environ, COHORT_PROFILE="slurmnowait")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cohort", *a], env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=180)
+    r = run("start", "-n", "1", "--engines", "slurm", "--ip", "127.0.0.1", "--no-wait")
+    assert r.returncode == 0, r.stderr + r.stdout
+    try:
+        wait_until(lambda: "1 engines  job" in run("status").stdout, timeout=60,
+                   msg="status to show the engines' job")
+        st = run("status").stdout
+        assert any(s in st for s in ("QUEUED", "ACTIVE")), st
+    finally:
+        assert run("stop").returncode == 0

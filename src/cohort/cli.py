@@ -42,7 +42,7 @@ def _controller_alive(info: ConnectionInfo) -> bool:
 # --- commands ------------------------------------------------------------------
 def cmd_start(args) -> int:
     from .cluster.local import Cluster
-    from .errors import ClusterStartError
+    from .errors import CohortError
     cf = resolve_connection_file(None, args.profile)
     if cf.exists():
         try:
@@ -69,8 +69,8 @@ def cmd_start(args) -> int:
                           log_level=args.log_level, start_timeout=args.timeout,
                           restart_engines=not args.no_restart, engines=args.engines,
                           controller_args=["--db", args.db] if args.db else (), **launch)
-        rc = cluster.start()
-    except (ClusterStartError, ValueError) as e:
+        rc = cluster.start(wait=not args.no_wait)
+    except (CohortError, ValueError) as e:  # a batch system's refusal comes verbatim
         return _fail(str(e))
     n = len(rc.ids)
     rc.close()
@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address the controller binds (default 127.0.0.1; 0.0.0.0 for engines on "
                          "other hosts); traffic to a routable address is encrypted (CurveZMQ)")
     sp.add_argument("--timeout", type=float, default=60, help="seconds to wait for the engines (60)")
+    sp.add_argument("--no-wait", action="store_true",
+                    help="return once the controller runs; engines (a queued batch job's, say) "
+                         "join when they start; `cohort status` shows the job's state")
     sp.add_argument("--db", default=None,
                     help="task database URL (default: tasks.db in the profile folder); "
                          "postgresql://user:pw@host:port/db for PostgreSQL")

@@ -191,8 +191,10 @@ class Cluster:
         raise ClusterStartError(f"the controller did not start within {self.start_timeout:g} s; "
                                 f"see {self.log_dir / 'controller.log'}")
 
-    def start(self):
-        """Start everything and return a connected Client (waits for all engines)."""
+    def start(self, wait: bool = True):
+        """Start everything and return a connected Client. With `wait` (the
+        default) it returns once every engine has registered; without, as soon
+        as the controller answers (batch engines join when their job starts)."""
         from ..client import Client
         deadline = time.monotonic() + self.start_timeout
         try:
@@ -202,7 +204,8 @@ class Cluster:
             self.add_engines(self.n)  # local ones connect as soon as the controller binds
             self._wait_controller(deadline)
             self.client = Client(self.connection_file, timeout=max(1.0, deadline - time.monotonic()))
-            self.wait_for_engines(self.n, deadline)
+            if wait:
+                self.wait_for_engines(self.n, deadline)
         except BaseException:
             self.stop()
             raise
