@@ -6,7 +6,7 @@ Tables:
 * ``records`` — one row per record: times as integer microseconds since the
   epoch (``t0``, ``t1``), the footprint as WKT and packed unit vectors
   (``geom``, ``rings``; see `cohort.store.geo.Footprint.pack`), ``extra`` as
-  JSON. B-tree indexes on ``oid``, ``t0``, ``(source, t0)``, ``orbit``.
+  JSON. B-tree indexes on ``oid``, ``t0``, ``(source, orbit)``, ``orbit``.
 * ``records_box`` — an R*Tree of 3-D boxes (lon, lat, time in seconds), one or
   two per footprint (two when it crosses the antimeridian; a polar footprint
   spans every longitude up to lat +-90). Box id = 2 * record id + k.
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS records (
     version TEXT, t0 INTEGER, t1 INTEGER, orbit INTEGER, footprint TEXT, geom BLOB,
     rings BLOB, extra TEXT NOT NULL DEFAULT '{}');
 CREATE INDEX IF NOT EXISTS records_t0 ON records (t0);
-CREATE INDEX IF NOT EXISTS records_source ON records (source, t0);
+CREATE INDEX IF NOT EXISTS records_source ON records (source, orbit);
 CREATE INDEX IF NOT EXISTS records_orbit ON records (orbit);
 CREATE VIRTUAL TABLE IF NOT EXISTS records_box USING rtree (
     id, west, east, south, north, t0, t1);
@@ -221,7 +221,8 @@ class SqliteCatalog(Catalog):
         lo = -_FAR if q.t0 is None else q.t0 / 1e6
         hi = _FAR if q.t1 is None else q.t1 / 1e6
         extra = "".join(" AND " + x for x in conds)
-        sql = ("SELECT r.id, r.geom, r.rings FROM records_box b JOIN records r "
+        # CROSS JOIN: the R*Tree drives, whatever other index looks attractive
+        sql = ("SELECT r.id, r.geom, r.rings FROM records_box b CROSS JOIN records r "
                "ON r.id = (b.id >> 1) WHERE b.west <= ? AND b.east >= ? AND b.south <= ? "
                "AND b.north >= ? AND b.t0 <= ? AND b.t1 >= ?" + extra)
         cands: dict[int, tuple] = {}

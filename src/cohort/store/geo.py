@@ -216,6 +216,7 @@ class _Ring:
     xyz: list[tuple[float, float, float]]  # oriented: interior on the left
     poly: int
     hole: bool
+    area: float = 0.0             # steradians
 
 
 class Footprint:
@@ -237,7 +238,7 @@ class Footprint:
             for ri, ring in enumerate(poly):
                 self.rings.append(self._ring(ring, pi, ri > 0))
         self.npolys = len(polys)
-        self.area = sum((-1 if r.hole else 1) * ring_area(r.xyz) for r in self.rings)
+        self.area = sum((-1 if r.hole else 1) * r.area for r in self.rings)
         self.boxes = _boxes(self)
 
     @staticmethod
@@ -269,13 +270,13 @@ class Footprint:
         if _self_crossing(xyz):
             raise CatalogError(f"a ring crosses itself: {_ring_text(pts)}")
         area = ring_area(xyz)
-        area = min(area, 4 * math.pi - area)
+        if area > 2 * math.pi:
+            xyz = xyz[::-1]
+            area = 4 * math.pi - area
         perimeter = sum(math.dist(xyz[i - 1], xyz[i]) for i in range(len(xyz)))
         if area < 1e-12 * perimeter ** 2:
             raise CatalogError("a ring encloses no area (all vertices on one great circle?)")
-        if ring_area(xyz) > 2 * math.pi:
-            xyz = xyz[::-1]
-        return _Ring(pts, xyz, poly, hole)
+        return _Ring(pts, xyz, poly, hole, area)
 
     @property
     def wkt(self) -> str:
