@@ -289,3 +289,15 @@ def test_cli_bad_input():
 def test_job_public_names():
     assert set(jobs.__all__) >= {"JobDescription", "JobService", "Job", "JobState"}
     assert jobs.Job is Job
+
+
+def test_a_missing_service_fails_clearly_unless_skipped(monkeypatch):
+    import services
+    monkeypatch.delenv("COHORT_SKIP_SGE", raising=False)
+    with pytest.raises(pytest.fail.Exception) as e:
+        services.missing("sge", "no qsub on PATH")
+    assert ".ci/run" in str(e.value) and ".ci/services/sge.sh" in str(e.value)
+    assert "COHORT_SKIP_SGE=1" in str(e.value)
+    monkeypatch.setenv("COHORT_SKIP_SGE", "1")
+    with pytest.raises(pytest.skip.Exception):
+        services.missing("sge", "no qsub on PATH")

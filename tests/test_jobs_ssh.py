@@ -112,3 +112,31 @@ def test_sge_through_ssh(sshd, tmp_path):
         assert job.wait(WAIT) is JobState.FAILED
         assert job.exit_code == 4
         assert (tmp_path / "o.txt").read_text() == "via-login\n"
+
+
+def test_unknown_host_key_is_refused(sshd, tmp_path):
+    other = tmp_path / "known_hosts"
+    other.write_text("")
+    js = jobs.JobService(sshd.url("ssh"), identity_file=sshd.identity_file, control_master=False,
+                         ssh_options=[f"UserKnownHostsFile={other}", "StrictHostKeyChecking=yes"])
+    with pytest.raises(JobError, match="Host key verification failed"):
+        js.list()
+
+
+def test_cli_through_ssh(sshd, tmp_path):
+    import json
+    import sys
+    base = [sys.executable, "-m", "cohort.jobs.cli"]
+    opts = ["--service", sshd.url("ssh"), "--identity", sshd.identity_file,
+            "--state-dir", str(tmp_path / "state")]
+    for o in sshd.ssh_options:
+        opts += ["--ssh-option", o]
+    r = subprocess.run(base + ["submit", *opts, "--wait", "--json", "--directory", str(tmp_path),
+                               "--stdout", "o.txt", "--", "sh", "-c", "echo $0 over ssh"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    assert done["state"] == "COMPLETED" and done["exit_code"] == 0
+    assert (tmp_path / "o.txt").read_text() == "sh over ssh\n"
+    r = subprocess.run(base + ["list", *opts, "--json"], capture_output=True, text=True, timeout=60)
+    assert [d["id"] for d in json.loads(r.stdout)] == [done["id"]]

@@ -41,6 +41,9 @@ def _service_options(p: argparse.ArgumentParser) -> None:
                    help="batch-script template to use instead of the scheduler's")
     p.add_argument("--profile", default=None,
                    help="profile whose job_templates/ and jobs/ folders to use")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="local:// and ssh://: folder of the job records (default: the "
+                        "profile's jobs/ here, ~/.cohort/jobs on an ssh host)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -105,8 +108,9 @@ def add_job_parser(subparsers) -> argparse.ArgumentParser:
 
 def _service(args) -> JobService:
     url = args.service or os.environ.get("COHORT_JOB_SERVICE") or DEFAULT_SERVICE
+    extra = {"state_dir": args.state_dir} if args.state_dir else {}
     return JobService(url, template=args.template, profile=args.profile,
-                      identity_file=args.identity, ssh_options=args.ssh_option or None)
+                      identity_file=args.identity, ssh_options=args.ssh_option or None, **extra)
 
 
 def _fail(msg: str) -> int:
