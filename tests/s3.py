@@ -148,14 +148,22 @@ rgw thread pool size = 32
 rgw enable usage log = false
 """)
 
-    def start(self) -> "RadosGW":
-        """Start mon, OSD and radosgw; create the S3 user. Takes ~15-30 s."""
-        self.tmp = Path(tempfile.mkdtemp(prefix="cohort-rgw-"))
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+    def start(self, attempts: int = 2) -> "RadosGW":
+        """Start mon, OSD and radosgw; create the S3 user. Takes ~15-30 s.
+
+        A fresh single-node Ceph occasionally fails to come up (a daemon racing
+        the monitor); then everything is wiped and started once more.
+        """
+        for attempt in range(attempts):
+            self.tmp = Path(tempfile.mkdtemp(prefix="cohort-rgw-"))
+            try:
+                self._start()
+                return self
+            except Exception as e:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                print(f"radosgw start failed, retrying: {str(e).splitlines()[0]}")
         return self
 
     def _start(self) -> None:

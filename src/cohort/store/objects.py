@@ -472,7 +472,8 @@ class ObjectStore:
         for loc in bad:
             try:
                 loc.ensure()
-                loc.copy_data(source, oid)
+                if loc != source:  # else only its record was missing
+                    loc.copy_data(source, oid)
                 loc.write_record(oid, rec)
                 healed.append(loc)
                 log.warning("object %s: healed the copy at %s from %s", oid, loc.url,
