@@ -14,8 +14,10 @@ if ! dpkg -s gridengine-master gridengine-exec gridengine-client >/dev/null 2>&1
   apt-cache show gridengine-master >/dev/null 2>&1 || apt-get update -qq
   # the postinst sets up the spool (SGE_ROOT=/var/lib/gridengine, cell default) but
   # leaves act_qmaster empty when non-interactive; policy-rc.d keeps exim4 from starting
-  apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends \
-    gridengine-master gridengine-exec gridengine-client >/dev/null
+  install_pkgs() { apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "$@" >/dev/null; }
+  # stale package lists (404s): refresh once and retry
+  install_pkgs gridengine-master gridengine-exec gridengine-client \
+    || { apt-get update -qq; install_pkgs gridengine-master gridengine-exec gridengine-client; }
 fi
 COMMON=/var/lib/gridengine/default/common
 echo "$HOST" > $COMMON/act_qmaster

@@ -20,8 +20,10 @@ if ! dpkg -s slurmctld slurmd slurm-client munge >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-cache show slurmctld >/dev/null 2>&1 || apt-get update -qq
   # no systemd: the postinst cannot start the daemons ("policy-rc.d denied"); we do below
-  apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
-    --no-install-recommends munge slurmctld slurmd slurm-client >/dev/null
+  install_pkgs() { apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "$@" >/dev/null; }
+  # stale package lists (404s): refresh once and retry
+  install_pkgs munge slurmctld slurmd slurm-client \
+    || { apt-get update -qq; install_pkgs munge slurmctld slurmd slurm-client; }
 fi
 
 # 2. SlurmctldHost / NodeName are `hostname -s`: it must resolve

@@ -15,6 +15,9 @@ if ! apt-cache show openssh-server >/dev/null 2>&1; then
     $SUDO apt-get update -qq
 fi
 # without systemd the postinst cannot start the service ("policy-rc.d denied"): fine
-$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends \
-    openssh-server openssh-client >/dev/null
+install_pkgs() {
+  $SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "$@" >/dev/null
+}
+# stale package lists (404s): refresh once and retry
+install_pkgs openssh-server openssh-client || { $SUDO apt-get update -qq; install_pkgs openssh-server openssh-client; }
 echo "sshd installed: $(/usr/sbin/sshd -V 2>&1 | head -1 || true)"
