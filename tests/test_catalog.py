@@ -104,6 +104,16 @@ def test_add_many_dicts_records_and_duplicates(cat):
     assert len(cat) == 51 and cat.get("new").extra == {"n": 13}
 
 
+def test_add_many_refuses_a_bad_batch_whole(cat):
+    recs = [{"oid": f"r{i}", "footprint": (i, 0, i + 1, 1)} for i in range(20)]
+    recs.insert(10, {"oid": "bad", "footprint": "POLYGON((0 0, 1 1))"})
+    with pytest.raises(CatalogError):
+        cat.add_many(recs)
+    assert len(cat) == 0
+    with pytest.raises(CatalogError):
+        cat.add_many([42])
+
+
 # --- space ----------------------------------------------------------------------
 
 def _three(cat):

@@ -309,32 +309,37 @@ class Catalog:
 
     def add_many(self, records: Iterable[dict | Record], *, chunk: int = 20000,
                  progress: bool = False) -> int:
-        """Add many records (dicts of `add` keywords, or `Record`s) in batches
-        of `chunk`, each batch one transaction; returns how many were added.
-        `progress` shows a bar (tqdm)."""
+        """Add many records (dicts of `add` keywords, or `Record`s), replacing
+        records with the same oid (the last of an oid wins); returns how many
+        were read. SQLite commits every `chunk` records; PostgreSQL loads
+        everything in one transaction (COPY, indexes built after the data when
+        the table was empty). `progress` shows a bar (tqdm)."""
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(unit="rec", desc="catalog ingest")
-        n = 0
-        try:
+        count = [0]
+
+        def batches() -> Iterator[list[Row]]:
             for batch in _batches(records, chunk):
                 rows = {}
-                for r in batch:  # the last of one oid wins
+                for r in batch:
                     d = r.to_dict() if isinstance(r, Record) else r
                     if not isinstance(d, dict):
                         raise CatalogError(f"add_many takes dicts or Records, got {type(d)}")
                     row = make_row(**d)
                     rows[row.oid] = row
-                self._insert(list(rows.values()))
-                n += len(batch)
+                yield list(rows.values())
+                count[0] += len(batch)
                 if bar is not None:
                     bar.update(len(batch))
-                log.debug("catalog: %d records added", n)
+                log.debug("catalog: %d records read", count[0])
+        try:
+            self._insert_batches(batches())
         finally:
             if bar is not None:
                 bar.close()
-        return n
+        return count[0]
 
     def query(self, intersects: Any = None, *, within_km: Any = None, time: Any = None,
               source: Any = None, version: Any = None, orbit: Any = None,
@@ -392,6 +397,10 @@ class Catalog:
     # backends implement these
     def _insert(self, rows: list[Row]) -> None:
         raise NotImplementedError
+
+    def _insert_batches(self, batches: Iterator[list[Row]]) -> None:
+        for rows in batches:
+            self._insert(rows)
 
     def _delete(self, oids: list[str]) -> int:
         raise NotImplementedError

@@ -95,51 +95,74 @@ class PostgisCatalog(Catalog):
 
     # -- writing --
 
+    _UPSERT = """ON CONFLICT (oid) DO UPDATE SET filename = EXCLUDED.filename,
+        source = EXCLUDED.source, version = EXCLUDED.version, t0 = EXCLUDED.t0,
+        t1 = EXCLUDED.t1, orbit = EXCLUDED.orbit, footprint = EXCLUDED.footprint,
+        geog = EXCLUDED.geog, extra = EXCLUDED.extra"""
+
+    @staticmethod
+    def _values(r: Row) -> tuple:
+        wkt = r.footprint.wkt if r.footprint is not None else None
+        return (r.oid, r.filename, r.source, r.version, from_us(r.t0), from_us(r.t1), r.orbit,
+                wkt, wkt, json.dumps(r.extra))
+
+    def _update_span(self, c, span: int) -> None:
+        c.execute(f"INSERT INTO {self.t}_meta VALUES ('max_span', %s) ON CONFLICT (key) "
+                  f"DO UPDATE SET value = greatest({self.t}_meta.value, EXCLUDED.value)",
+                  (span,))
+
     def _insert(self, rows: list[Row]) -> None:
+        """A few records: INSERT ... ON CONFLICT, one transaction."""
         if not rows:
             return
-        t = self.t
         span = max((r.t1 - r.t0 for r in rows if r.t0 is not None), default=0)
+        with self._lock:
+            c = self._db()
+            try:
+                with c.transaction():
+                    c.cursor().executemany(
+                        f"INSERT INTO {self.t} ({_COLS.replace('extra', 'geog, extra')}) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::geography, %s::jsonb) "
+                        + self._UPSERT, [self._values(r) for r in rows])
+                    self._update_span(c, span)
+            except self._psycopg.Error as e:
+                raise CatalogError(f"the catalog refused the records: {e}") from e
+
+    def _insert_batches(self, batches) -> None:
+        """Many records: COPY into a staging table, then one INSERT ... SELECT
+        (the last of each oid), in one transaction; into an empty table, the
+        indexes are dropped first and built after the data."""
+        t = self.t
+        cols = "oid, filename, source, version, t0, t1, orbit, footprint, geog, extra"
         with self._lock:
             c = self._db()
             try:
                 with c.transaction():
                     c.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (t,))
                     empty = c.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {t})").fetchone()[0]
-                    big = empty and len(rows) >= 50000
-                    if big:  # a first bulk load: build the indexes after
+                    c.execute(f"""CREATE TEMP TABLE {t}_load (seq bigserial, oid text,
+                        filename text, source text, version text, t0 timestamptz,
+                        t1 timestamptz, orbit bigint, footprint text, geog geography,
+                        extra jsonb) ON COMMIT DROP""")
+                    span = 0
+                    with c.cursor().copy(f"COPY {t}_load ({cols}) FROM STDIN") as cp:
+                        for rows in batches:
+                            for r in rows:
+                                cp.write_row(self._values(r))
+                                if r.t0 is not None and r.t1 - r.t0 > span:
+                                    span = r.t1 - r.t0
+                    if empty:
                         for ix in ("geog_time", "t0", "source", "orbit", "extra"):
                             c.execute(f"DROP INDEX IF EXISTS {t}_{ix}")
-                    target = t
-                    if not empty:
-                        c.execute(f"CREATE TEMP TABLE {t}_load (LIKE {t} INCLUDING DEFAULTS) "
-                                  "ON COMMIT DROP")
-                        target = f"{t}_load"
-                    with c.cursor().copy(
-                            f"COPY {target} (oid, filename, source, version, t0, t1, orbit, "
-                            "footprint, geog, extra) FROM STDIN") as cp:
-                        for r in rows:
-                            wkt = r.footprint.wkt if r.footprint is not None else None
-                            cp.write_row((r.oid, r.filename, r.source, r.version,
-                                          from_us(r.t0), from_us(r.t1), r.orbit, wkt, wkt,
-                                          json.dumps(r.extra)))
-                    if not empty:
-                        c.execute(f"""
-                            INSERT INTO {t} ({_COLS}, geog)
-                            SELECT {_COLS}, geog FROM {t}_load
-                            ON CONFLICT (oid) DO UPDATE SET filename = EXCLUDED.filename,
-                              source = EXCLUDED.source, version = EXCLUDED.version,
-                              t0 = EXCLUDED.t0, t1 = EXCLUDED.t1, orbit = EXCLUDED.orbit,
-                              footprint = EXCLUDED.footprint, geog = EXCLUDED.geog,
-                              extra = EXCLUDED.extra""")
-                    c.execute(f"INSERT INTO {t}_meta VALUES ('max_span', %s) ON CONFLICT (key) "
-                              f"DO UPDATE SET value = greatest({t}_meta.value, EXCLUDED.value)",
-                              (span,))
-                    if big:
+                    log.info("catalog: loading the staged records into %s", t)
+                    c.execute(f"INSERT INTO {t} ({cols}) SELECT DISTINCT ON (oid) {cols} "
+                              f"FROM {t}_load ORDER BY oid, seq DESC " + self._UPSERT)
+                    self._update_span(c, span)
+                    if empty:
+                        log.info("catalog: building the indexes of %s", t)
                         c.execute("SET LOCAL maintenance_work_mem = '512MB'")
                         self._indexes(c)
-                if big:
-                    c.execute(f"ANALYZE {t}")
+                c.execute(f"ANALYZE {t}")
             except self._psycopg.Error as e:
                 raise CatalogError(f"the catalog refused the records: {e}") from e
 
@@ -199,14 +222,14 @@ class PostgisCatalog(Catalog):
         return conds, params
 
     def _select(self, q: Query) -> list[Record]:
-        conds, params = self._where(q)
-        sql = f"SELECT {_COLS} FROM {self.t}"
-        if conds:
-            sql += " WHERE " + " AND ".join(conds)
-        sql += ' ORDER BY t0 NULLS LAST, oid COLLATE "C"'
-        if q.limit is not None:
-            sql += f" LIMIT {int(q.limit)}"
         with self._lock:
+            conds, params = self._where(q)
+            sql = f"SELECT {_COLS} FROM {self.t}"
+            if conds:
+                sql += " WHERE " + " AND ".join(conds)
+            sql += ' ORDER BY t0 NULLS LAST, oid COLLATE "C"'
+            if q.limit is not None:
+                sql += f" LIMIT {int(q.limit)}"
             try:
                 rows = self._db().execute(sql, params).fetchall()
             except self._psycopg.Error as e:
@@ -218,11 +241,11 @@ class PostgisCatalog(Catalog):
                        r[6], r[7], r[8] or {}) for r in rows]
 
     def _count(self, q: Query) -> int:
-        conds, params = self._where(q)
-        sql = f"SELECT count(*) FROM {self.t}"
-        if conds:
-            sql += " WHERE " + " AND ".join(conds)
         with self._lock:
+            conds, params = self._where(q)
+            sql = f"SELECT count(*) FROM {self.t}"
+            if conds:
+                sql += " WHERE " + " AND ".join(conds)
             try:
                 return self._db().execute(sql, params).fetchone()[0]
             except self._psycopg.Error as e:
