@@ -53,6 +53,7 @@ RUNNER = r'''#!/bin/sh
 d=$1; dir=$2; out=$3; err=$4
 echo $$ > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"
 trap 'touch "$d/canceled"' TERM INT HUP
+if [ -e "$d/canceled" ]; then echo 143 > "$d/exit_code"; exit 0; fi
 cd "$HOME" 2>/dev/null || cd /
 [ -n "$dir" ] && cd "$dir" 2>/dev/null
 sh "$d/job.sh" < /dev/null > "$out" 2> "$err"
@@ -171,10 +172,10 @@ class ProcessBackend(Backend):
                     st = Status(JobState.FAILED, code, "exited")
             elif alive == "1":
                 st = Status(JobState.ACTIVE, None, "running")
-            elif pid == "-":
-                st = Status(JobState.QUEUED, None, "starting")
             elif canceled == "1":
                 st = Status(JobState.CANCELED, None, "canceled")
+            elif pid == "-":
+                st = Status(JobState.QUEUED, None, "starting")
             else:
                 st = Status(JobState.FAILED, None, "lost",
                             f"the runner of job {nid} (pid {pid}) died without recording "
