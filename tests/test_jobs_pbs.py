@@ -34,7 +34,10 @@ def fake_pbs(tmp_path_factory):
 
 
 @pytest.fixture
-def js():
+def js(tmp_path, monkeypatch):
+    # PBS writes NAME.oSEQ / NAME.eSEQ into the submit folder for jobs that name no
+    # output files: submit from a temporary one, not the checkout
+    monkeypatch.chdir(tmp_path)
     return jobs.JobService("pbs://")
 
 
