@@ -170,6 +170,10 @@ class PolySet:
         """For a set of one footprint: does it contain (or touch) each row of P?"""
         P = np.asarray(P, dtype=np.float64).reshape(-1, 3)
         K = len(P)
+        step = max(1, (1 << 21) // max(1, int(self.ring_len.max(initial=1))))
+        if K > step:  # bounded memory for big regions
+            return np.concatenate([self.contains_points(P[i:i + step])
+                                   for i in range(0, K, step)])
         ring_in = np.zeros((len(self.ring_start), K), dtype=bool)
         for r in range(len(self.ring_start)):
             s, n = int(self.ring_start[r]), int(self.ring_len[r])
@@ -223,24 +227,11 @@ class PolySet:
         """Does each footprint intersect (or touch) the one-footprint set `region`?"""
         if self.n == 0:
             return np.zeros(0, dtype=bool)
-        C, D, NQ = region.A, region.B, region.N
-        A, B, N = self.A, self.B, self.N
-        s_c, s_d = N @ C.T, N @ D.T
-        t_a, t_b = A @ NQ.T, B @ NQ.T
-        hit = (s_c * s_d < 0) & (t_a * t_b < 0) & (s_c * t_b > 0)
-        near = ((np.abs(s_c) < EPS) | (np.abs(s_d) < EPS)
-                | (np.abs(t_a) < EPS) | (np.abs(t_b) < EPS))
-        ii, qq = np.nonzero(near & ~hit)
-        if len(ii):
-            UA, UB = np.cross(N[ii], A[ii]), np.cross(B[ii], N[ii])
-            UAq, UBq = np.cross(NQ[qq], C[qq]), np.cross(D[qq], NQ[qq])
-
-            def on(p, u1, u2, s):
-                return (np.abs(s) < EPS) & (_rows_dot(p, u1) >= -EPS) & (_rows_dot(p, u2) >= -EPS)
-            touch = (on(C[qq], UA, UB, s_c[ii, qq]) | on(D[qq], UA, UB, s_d[ii, qq])
-                     | on(A[ii], UAq, UBq, t_a[ii, qq]) | on(B[ii], UAq, UBq, t_b[ii, qq]))
-            hit[ii[touch], qq[touch]] = True
-        edge_hit = hit.any(1)
+        ii, qq = _cap_pairs(_caps(self.A, self.B), _caps(region.A, region.B))
+        meet = _pairs_meet(self.A[ii], self.B[ii], self.N[ii], region.A[qq], region.B[qq],
+                           region.N[qq])
+        edge_hit = np.zeros(len(self.A), dtype=bool)
+        edge_hit[ii[meet]] = True
         out = np.zeros(self.n, dtype=bool)
         out[self.edge_rec[edge_hit]] = True
         # no boundary contact: one inside the other?
@@ -259,14 +250,60 @@ class PolySet:
         return out
 
 
+def _caps(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smallest caps around the arcs AB: centre M, cos and sin of the radius."""
+    M, _ = _normalize(A + B)
+    return M, _rows_dot(M, A), np.sqrt(np.maximum(0.0, 1.0 - _rows_dot(M, A) ** 2))
+
+
+def _cap_pairs(cap1, cap2) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) whose caps overlap (a superset of the arcs that meet)."""
+    M1, c1, s1 = cap1
+    M2, c2, s2 = cap2
+    ii, jj = [], []
+    step = max(1, (1 << 20) // max(1, len(M2)))
+    for lo in range(0, len(M1), step):
+        sl = slice(lo, lo + step)
+        # angle(M1, M2) <= r1 + r2  <=>  M1.M2 >= cos(r1 + r2)
+        ok = (M1[sl] @ M2.T) >= (np.outer(c1[sl], c2) - np.outer(s1[sl], s2) - 1e-9)
+        i, j = np.nonzero(ok)
+        ii.append(i + lo)
+        jj.append(j)
+    if not ii:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ii), np.concatenate(jj)
+
+
+def _pairs_meet(A, B, N, C, D, NQ) -> np.ndarray:
+    """Row by row: does arc AB (unit normal N) cross or touch arc CD (NQ)?"""
+    s_c, s_d = _rows_dot(N, C), _rows_dot(N, D)
+    t_a, t_b = _rows_dot(NQ, A), _rows_dot(NQ, B)
+    hit = (s_c * s_d < 0) & (t_a * t_b < 0) & (s_c * t_b > 0)
+    near = ((np.abs(s_c) < EPS) | (np.abs(s_d) < EPS)
+            | (np.abs(t_a) < EPS) | (np.abs(t_b) < EPS)) & ~hit
+    k = np.flatnonzero(near)
+    if len(k):
+        n, nq = N[k], NQ[k]
+        UA, UB = np.cross(n, A[k]), np.cross(B[k], n)
+        UAq, UBq = np.cross(nq, C[k]), np.cross(D[k], nq)
+
+        def on(p, u1, u2, sv):
+            return (np.abs(sv) < EPS) & (_rows_dot(p, u1) >= -EPS) & (_rows_dot(p, u2) >= -EPS)
+        hit[k] = (on(C[k], UA, UB, s_c[k]) | on(D[k], UA, UB, s_d[k])
+                  | on(A[k], UAq, UBq, t_a[k]) | on(B[k], UAq, UBq, t_b[k]))
+    return hit
+
+
 def ring_self_crossing(xyz: Sequence[Sequence[float]]) -> bool:
     """Do two non-adjacent edges of the ring (unit vectors) cross strictly?"""
     A = np.asarray(xyz, dtype=np.float64)
     B = np.roll(A, -1, axis=0)
-    N = np.cross(A, B)
+    N, _ = _normalize(np.cross(A, B))
     n = len(A)
-    s_c, s_d = N @ A.T, N @ B.T          # [i, j]: edge j's ends against edge i's circle
-    hit = (s_c * s_d < 0) & (s_c.T * s_d.T < 0) & (s_c * s_d.T > 0)
-    i, j = np.indices((n, n))
-    hit &= (np.abs(i - j) > 1) & (np.abs(i - j) != n - 1)
-    return bool(hit.any())
+    cap = _caps(A, B)
+    i, j = _cap_pairs(cap, cap)
+    keep = (j > i + 1) & ~((i == 0) & (j == n - 1))
+    i, j = i[keep], j[keep]
+    s_c, s_d = _rows_dot(N[i], A[j]), _rows_dot(N[i], B[j])
+    t_a, t_b = _rows_dot(N[j], A[i]), _rows_dot(N[j], B[i])
+    return bool(((s_c * s_d < 0) & (t_a * t_b < 0) & (s_c * t_b > 0)).any())
