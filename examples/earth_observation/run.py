@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gzip
-import io
 import shutil
 import sys
 import time
@@ -104,9 +103,10 @@ def say(step: str, text: str) -> None:
 
 
 def harvest(path: Path) -> dict:
-    """Catalog fields from a granule file's own attributes."""
+    """Catalog fields from a granule file's own attributes (h5py reads them
+    through the gzip stream, decompressing only the start of the file)."""
     import h5py
-    with gzip.open(path, "rb") as z, h5py.File(io.BytesIO(z.read()), "r") as f:
+    with gzip.open(path, "rb") as z, h5py.File(z, "r") as f:
         a = dict(f.attrs)
     return {"filename": path.name, "source": L1_SOURCE, "version": "1.0",
             "time": (a["start_time"], a["end_time"]), "orbit": int(a["orbit"]),
@@ -150,8 +150,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace, rc) -> int:
-    work = fresh_workdir(args.workdir)
+def run(args: argparse.Namespace, rc, work: Path) -> int:
     s = store.open(args.store or str(work / "store"))
     cat = store.catalog(args.catalog or str(work / "catalog.db"))
     lv = rc.load_balanced_view()
@@ -230,12 +229,13 @@ def main(argv=None) -> int:
         import h5py  # noqa: F401  (the engines need it too)
     except ImportError:
         sys.exit("this example needs h5py: pip install h5py")
+    work = fresh_workdir(args.workdir)
     if args.connect is not None:
         with cohort.Client(args.connect or None) as rc:
-            return run(args, rc)
+            return run(args, rc, work)
     with cohort.Cluster(n=args.engines) as rc:
         rc.wait_for_engines(args.engines, timeout=60)
-        return run(args, rc)
+        return run(args, rc, work)
 
 
 if __name__ == "__main__":
