@@ -136,14 +136,40 @@ def test_example_runs_from_the_defaults_and_reruns_afresh():
         check_outputs(out, s, cat, work / "granules", 24)
 
 
-def test_example_on_a_running_cluster_with_its_own_store_and_catalog(cluster, tmp_path):
-    st, db = tmp_path / "objects", tmp_path / "cat.db"
+def fresh_postgis_database(server_url: str, name: str = "eo_example") -> str:
+    """A new, empty database on the test PostgreSQL server; returns its URL."""
+    import psycopg
+    base = server_url.rsplit("/", 1)[0]
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{base}/{name}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgis"])
+def test_example_on_a_running_cluster_with_its_own_store_and_catalog(cluster, tmp_path,
+                                                                     request, backend):
+    st = tmp_path / "objects"
+    if backend == "sqlite":
+        catalog_url = f"sqlite://{tmp_path}/cat.db"
+    else:  # a password in the URL: the engines must get it too
+        catalog_url = fresh_postgis_database(request.getfixturevalue("postgis_url"))
     out = run_example("--n-files", "30", "--connect", str(cluster.connection_file),
                       "--workdir", str(tmp_path / "work"), "--store", f"file://{st}",
-                      "--catalog", f"sqlite://{db}")
+                      "--catalog", catalog_url)
     assert "2 engines" in out
-    with store.open(f"file://{st}") as s, store.catalog(f"sqlite://{db}") as cat:
+    with store.open(f"file://{st}") as s, store.catalog(catalog_url) as cat:
         check_outputs(out, s, cat, tmp_path / "work" / "granules", 30)
+
+
+@pytest.fixture(scope="session")
+def postgis_url(pg_server):
+    """The session's PostgreSQL server, checked to have PostGIS."""
+    from pg import has_postgis
+    if not has_postgis(pg_server.bindir):
+        pytest.fail("PostGIS is not installed for this PostgreSQL server: run .ci/run, "
+                    "or set COHORT_SKIP_POSTGRES=1")
+    return pg_server.url
 
 
 def test_a_workdir_the_example_did_not_make_is_left_alone(tmp_path):

@@ -196,7 +196,9 @@ def run(args: argparse.Namespace, rc, work: Path) -> int:
     # 4. process the hits in parallel: stream, decompress, compute, write back
     t = time.perf_counter()
     say("4.", f"processing {len(hits)} granules on the engines:")
-    task = functools.partial(process.process_granule, store_url=s.url, catalog_url=cat.url,
+    # the catalog URL as given: `cat.url` hides a PostgreSQL password
+    task = functools.partial(process.process_granule, store_url=s.url,
+                             catalog_url=args.catalog or cat.url,
                              region_wkt=args.region, region_name=args.region_name)
     results = []
     for r in lv.map(task, [h.oid for h in hits], chunksize=1, ordered=False, progress=False):
