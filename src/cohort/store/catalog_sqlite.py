@@ -4,12 +4,14 @@ the sphere in Python.
 Tables:
 
 * ``records`` — one row per record: times as integer microseconds since the
-  epoch (``t0``, ``t1``), the footprint as WKT and packed unit vectors
-  (``geom``, ``rings``; see `cohort.store.geo.Footprint.pack`), ``extra`` as
-  JSON. B-tree indexes on ``oid``, ``t0``, ``(source, orbit)``, ``orbit``.
-* ``records_box`` — an R*Tree of 3-D boxes (lon, lat, time in seconds), one or
+  epoch (``t0``, ``t1``), the footprint as WKT, ``extra`` as JSON. B-tree
+  indexes on ``oid``, ``t0``, ``(source, orbit)``, ``orbit``.
+* ``records_box`` — an R*Tree of 3-D boxes (lon, lat, time in days), one or
   two per footprint (two when it crosses the antimeridian; a polar footprint
-  spans every longitude up to lat +-90). Box id = 2 * record id + k.
+  spans every longitude up to lat +-90). Box id = 2 * record id + k. Its
+  auxiliary columns carry what the exact test needs — the packed unit vectors
+  (``geom``, ``rings``; see `cohort.store.geo.Footprint.pack`), the exact
+  times, source and orbit — so candidates are decided without a join.
 * ``meta`` — the longest record interval seen, so a time filter without a
   region is a bounded range scan of the ``t0`` index.
 
@@ -26,7 +28,7 @@ import threading
 from pathlib import Path
 
 from ..errors import CatalogError
-from .catalog import Catalog, Query, Record, Row, from_us, sort_key
+from .catalog import Catalog, Query, Record, Row, from_us
 from .geo import cap_boxes
 
 log = logging.getLogger(__name__)
@@ -34,17 +36,19 @@ log = logging.getLogger(__name__)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY, oid TEXT NOT NULL UNIQUE, filename TEXT, source TEXT,
-    version TEXT, t0 INTEGER, t1 INTEGER, orbit INTEGER, footprint TEXT, geom BLOB,
-    rings BLOB, extra TEXT NOT NULL DEFAULT '{}');
+    version TEXT, t0 INTEGER, t1 INTEGER, orbit INTEGER, footprint TEXT,
+    extra TEXT NOT NULL DEFAULT '{}');
 CREATE INDEX IF NOT EXISTS records_t0 ON records (t0);
 CREATE INDEX IF NOT EXISTS records_source ON records (source, orbit);
 CREATE INDEX IF NOT EXISTS records_orbit ON records (orbit);
 CREATE VIRTUAL TABLE IF NOT EXISTS records_box USING rtree (
-    id, west, east, south, north, t0, t1);
+    id, west, east, south, north, d0, d1, +geom BLOB, +rings BLOB, +t0 INT, +t1 INT,
+    +source TEXT, +orbit INT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
 _COLS = "r.oid, r.filename, r.source, r.version, r.t0, r.t1, r.orbit, r.footprint, r.extra"
-_FAR = 1e37  # time bound (s) of records without a time, in the R*Tree
+_FAR = 1e37  # time bound (days) of records without a time, in the R*Tree
+_DAY = 86400e6  # microseconds; R*Tree time is in days, commensurate with degrees
 
 
 def _record(row) -> Record:
@@ -52,11 +56,16 @@ def _record(row) -> Record:
                   row[7], json.loads(row[8]) if row[8] and row[8] != "{}" else {})
 
 
-def where(q: Query, max_span: int | None) -> tuple[list[str], list]:
+def where(q: Query, max_span: int | None, alias: str = "r") -> tuple[list[str], list]:
     """SQL conditions (on table alias r) and parameters for the attribute and time
-    filters of `q` (the exact ones; the R*Tree only narrows)."""
+    filters of `q` (the exact ones; the R*Tree only narrows). With alias "b"
+    (the R*Tree), only the filters its auxiliary columns can answer."""
     conds: list[str] = []
     params: list = []
+    if alias == "b":
+        q = Query(t0=q.t0, t1=q.t1, timed=q.timed, source=q.source,
+                  orbit_range=q.orbit_range, orbit_in=q.orbit_in, region=q.region,
+                  point=q.point)
 
     def among(col: str, values: list) -> None:
         if len(values) == 1:
@@ -108,6 +117,8 @@ def where(q: Query, max_span: int | None) -> tuple[list[str], list]:
             conds.append("0")
     if q.orbit_in == []:
         conds.append("0")
+    if alias != "r":
+        conds = [x.replace("r.", alias + ".") for x in conds]
     return conds, params
 
 
@@ -160,21 +171,22 @@ class SqliteCatalog(Catalog):
                 recs, boxes, span = [], [], 0
                 for i, r in enumerate(rows):
                     rid = start + i
-                    geom = rings = wkt = None
+                    wkt = None
                     if r.footprint is not None:
                         geom, rings = r.footprint.pack()
                         wkt = r.footprint.wkt
-                        lo = -_FAR if r.t0 is None else r.t0 / 1e6
-                        hi = _FAR if r.t1 is None else r.t1 / 1e6
+                        lo = -_FAR if r.t0 is None else r.t0 / _DAY
+                        hi = _FAR if r.t1 is None else r.t1 / _DAY
                         for k, (w, e, s, n) in enumerate(r.footprint.boxes):
-                            boxes.append((2 * rid + k, w, e, s, n, lo, hi))
+                            boxes.append((2 * rid + k, w, e, s, n, lo, hi, geom, rings, r.t0,
+                                          r.t1, r.source, r.orbit))
                     if r.t0 is not None:
                         span = max(span, r.t1 - r.t0)
                     recs.append((rid, r.oid, r.filename, r.source, r.version, r.t0, r.t1,
-                                 r.orbit, wkt, geom, rings,
-                                 json.dumps(r.extra) if r.extra else "{}"))
-                c.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", recs)
-                c.executemany("INSERT INTO records_box VALUES (?,?,?,?,?,?,?)", boxes)
+                                 r.orbit, wkt, json.dumps(r.extra) if r.extra else "{}"))
+                c.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?)", recs)
+                c.executemany("INSERT INTO records_box VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                              boxes)
                 c.execute("INSERT INTO meta VALUES ('max_span', ?) ON CONFLICT (key) DO "
                           "UPDATE SET value = max(value, excluded.value)", (span,))
                 c.execute("COMMIT")
@@ -211,20 +223,19 @@ class SqliteCatalog(Catalog):
     # -- reading --
 
     def _hits(self, c: sqlite3.Connection, q: Query) -> list[int]:
-        """Ids of the records matching a spatial query exactly."""
-        conds, params = where(q, None)
+        """Ids of the records whose footprint (and time, source, orbit) match
+        a spatial query exactly; the other filters are left to the caller."""
+        conds, params = where(q, None, alias="b")
         if q.region is not None:
             boxes = q.region.boxes
         else:
             lat, lon, rad = q.point
             boxes = cap_boxes(lat, lon, rad)
-        lo = -_FAR if q.t0 is None else q.t0 / 1e6
-        hi = _FAR if q.t1 is None else q.t1 / 1e6
-        extra = "".join(" AND " + x for x in conds)
-        # CROSS JOIN: the R*Tree drives, whatever other index looks attractive
-        sql = ("SELECT r.id, r.geom, r.rings FROM records_box b CROSS JOIN records r "
-               "ON r.id = (b.id >> 1) WHERE b.west <= ? AND b.east >= ? AND b.south <= ? "
-               "AND b.north >= ? AND b.t0 <= ? AND b.t1 >= ?" + extra)
+        lo = -_FAR if q.t0 is None else q.t0 / _DAY
+        hi = _FAR if q.t1 is None else q.t1 / _DAY
+        sql = ("SELECT b.id >> 1, b.geom, b.rings FROM records_box b WHERE b.west <= ? "
+               "AND b.east >= ? AND b.south <= ? AND b.north >= ? AND b.d0 <= ? AND b.d1 >= ?"
+               + "".join(" AND " + x for x in conds))
         cands: dict[int, tuple] = {}
         for w, e, s, n in boxes:
             for rid, geom, rings in c.execute(sql, (e, w, n, s, hi, lo, *params)):
@@ -232,7 +243,6 @@ class SqliteCatalog(Catalog):
         if not cands:
             return []
         from .geoset import PolySet
-        ids = list(cands)
         vals = list(cands.values())
         ps = PolySet([v[0] for v in vals], [v[1] for v in vals])
         mask = None
@@ -241,19 +251,15 @@ class SqliteCatalog(Catalog):
         if q.point is not None:
             near = ps.distance(q.point_xyz) <= q.point[2] * (1 + 1e-12)
             mask = near if mask is None else mask & near
-        return [i for i, m in zip(ids, mask.tolist()) if m]
+        return [i for i, m in zip(cands, mask.tolist()) if m]
 
     def _select(self, q: Query) -> list[Record]:
         with self._lock:
             c = self._db()
+            conds, params = where(q, None if q.spatial else self._max_span(c))
             if q.spatial:
-                ids = self._hits(c, q)
-                out = [_record(r) for r in c.execute(
-                    f"SELECT {_COLS} FROM records r WHERE r.id IN "
-                    "(SELECT value FROM json_each(?))", (json.dumps(ids),))]
-                out.sort(key=sort_key)
-                return out if q.limit is None else out[:q.limit]
-            conds, params = where(q, self._max_span(c))
+                conds.append("r.id IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(self._hits(c, q)))
             sql = f"SELECT {_COLS} FROM records r"
             if conds:
                 sql += " WHERE " + " AND ".join(conds)
@@ -265,9 +271,14 @@ class SqliteCatalog(Catalog):
     def _count(self, q: Query) -> int:
         with self._lock:
             c = self._db()
+            conds, params = where(q, None if q.spatial else self._max_span(c))
             if q.spatial:
-                return len(self._hits(c, q))
-            conds, params = where(q, self._max_span(c))
+                ids = self._hits(c, q)
+                if q.oid is None and q.filename is None and q.version is None \
+                        and not q.extra:
+                    return len(ids)  # _hits decided every other filter
+                conds.append("r.id IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(ids))
             sql = "SELECT count(*) FROM records r"
             if conds:
                 sql += " WHERE " + " AND ".join(conds)
