@@ -43,20 +43,56 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # --- records ----------------------------------------------------------------
 
-@dataclass
 class Record:
     """One catalog entry. `start`/`end` are tz-aware UTC datetimes (equal for
     an instant), `footprint` is WKT, `extra` holds the other keywords."""
 
-    oid: str
-    filename: str | None = None
-    source: str | None = None
-    version: str | None = None
-    start: datetime | None = None
-    end: datetime | None = None
-    orbit: int | None = None
-    footprint: str | None = None
-    extra: dict = field(default_factory=dict)
+    __slots__ = ("oid", "filename", "source", "version", "orbit", "footprint", "_t0", "_t1",
+                 "_start", "_end", "_extra", "_extra_json")
+    _UNSET: Any = object()
+
+    def __init__(self, oid: str, filename: str | None = None, source: str | None = None,
+                 version: str | None = None, start: datetime | None = None,
+                 end: datetime | None = None, orbit: int | None = None,
+                 footprint: str | None = None, extra: dict | None = None):
+        self.oid, self.filename, self.source, self.version = oid, filename, source, version
+        self.orbit, self.footprint = orbit, footprint
+        self._start, self._end = start, end
+        self._t0 = self._t1 = None
+        self._extra, self._extra_json = (extra if extra is not None else {}), None
+
+    @classmethod
+    def from_row(cls, oid: str, filename: str | None, source: str | None,
+                 version: str | None, t0: int | None, t1: int | None, orbit: int | None,
+                 footprint: str | None, extra_json: str | None) -> "Record":
+        """A record from stored values (microsecond times, JSON extra), converted
+        on first access."""
+        r = cls.__new__(cls)
+        r.oid, r.filename, r.source, r.version = oid, filename, source, version
+        r.orbit, r.footprint = orbit, footprint
+        r._t0, r._t1 = t0, t1
+        r._start = r._end = cls._UNSET
+        r._extra, r._extra_json = cls._UNSET, extra_json
+        return r
+
+    @property
+    def start(self) -> datetime | None:
+        if self._start is Record._UNSET:
+            self._start = from_us(self._t0)
+        return self._start
+
+    @property
+    def end(self) -> datetime | None:
+        if self._end is Record._UNSET:
+            self._end = from_us(self._t1)
+        return self._end
+
+    @property
+    def extra(self) -> dict:
+        if self._extra is Record._UNSET:
+            j = self._extra_json
+            self._extra = json.loads(j) if j and j != "{}" else {}
+        return self._extra
 
     @property
     def time(self) -> datetime | tuple[datetime, datetime] | None:
@@ -69,6 +105,20 @@ class Record:
     def geojson(self) -> dict | None:
         """The footprint as a GeoJSON geometry."""
         return to_geojson(self.footprint) if self.footprint else None
+
+    def _key(self) -> tuple:
+        return (self.oid, self.filename, self.source, self.version, self.start, self.end,
+                self.orbit, self.footprint, self.extra)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Record) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        names = ("oid", "filename", "source", "version", "start", "end", "orbit", "footprint",
+                 "extra")
+        return "Record(" + ", ".join(f"{n}={v!r}" for n, v in zip(names, self._key())) + ")"
 
     def to_dict(self) -> dict:
         """The record as keywords of `Catalog.add` (``extra`` keys inline)."""
@@ -280,11 +330,6 @@ def make_query(intersects: Any = None, within_km: Any = None, time: Any = None,
             raise CatalogError(f"limit must be a non-negative integer, got {limit!r}")
         q.limit = limit
     return q
-
-
-def sort_key(rec: Record) -> tuple:
-    """The order results come in: start time (records without last), then oid."""
-    return (rec.start is None, rec.start or EPOCH, rec.oid)
 
 
 # --- the catalog --------------------------------------------------------------

@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import threading
-from datetime import timezone
 
 from ..errors import CatalogError
 from .catalog import Catalog, Query, Record, Row, from_us
@@ -26,6 +25,9 @@ log = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _COLS = "oid, filename, source, version, t0, t1, orbit, footprint, extra"
+# what a query returns: times as microseconds, extra as text (both decoded lazily)
+_OUT = ("oid, filename, source, version, (extract(epoch FROM t0) * 1000000)::bigint, "
+        "(extract(epoch FROM t1) * 1000000)::bigint, orbit, footprint, extra::text")
 
 
 class PostgisCatalog(Catalog):
@@ -224,7 +226,7 @@ class PostgisCatalog(Catalog):
     def _select(self, q: Query) -> list[Record]:
         with self._lock:
             conds, params = self._where(q)
-            sql = f"SELECT {_COLS} FROM {self.t}"
+            sql = f"SELECT {_OUT} FROM {self.t}"
             if conds:
                 sql += " WHERE " + " AND ".join(conds)
             sql += ' ORDER BY t0 NULLS LAST, oid COLLATE "C"'
@@ -234,11 +236,7 @@ class PostgisCatalog(Catalog):
                 rows = self._db().execute(sql, params).fetchall()
             except self._psycopg.Error as e:
                 raise CatalogError(f"catalog query failed: {e}") from e
-        utc = timezone.utc
-        return [Record(r[0], r[1], r[2], r[3],
-                       r[4].astimezone(utc) if r[4] is not None else None,
-                       r[5].astimezone(utc) if r[5] is not None else None,
-                       r[6], r[7], r[8] or {}) for r in rows]
+        return [Record.from_row(*r) for r in rows]
 
     def _count(self, q: Query) -> int:
         with self._lock:

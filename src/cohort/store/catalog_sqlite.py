@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 from ..errors import CatalogError
-from .catalog import Catalog, Query, Record, Row, from_us
+from .catalog import Catalog, Query, Record, Row
 from .geo import cap_boxes
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 _COLS = "r.oid, r.filename, r.source, r.version, r.t0, r.t1, r.orbit, r.footprint, r.extra"
 _FAR = 1e37  # time bound (days) of records without a time, in the R*Tree
 _DAY = 86400e6  # microseconds; R*Tree time is in days, commensurate with degrees
-
-
-def _record(row) -> Record:
-    return Record(row[0], row[1], row[2], row[3], from_us(row[4]), from_us(row[5]), row[6],
-                  row[7], json.loads(row[8]) if row[8] and row[8] != "{}" else {})
 
 
 def where(q: Query, max_span: int | None, alias: str = "r") -> tuple[list[str], list]:
@@ -266,7 +261,7 @@ class SqliteCatalog(Catalog):
             sql += " ORDER BY r.t0 IS NULL, r.t0, r.oid"
             if q.limit is not None:
                 sql += f" LIMIT {int(q.limit)}"
-            return [_record(r) for r in c.execute(sql, params)]
+            return [Record.from_row(*r) for r in c.execute(sql, params)]
 
     def _count(self, q: Query) -> int:
         with self._lock:

@@ -429,7 +429,7 @@ def _boxes(fp: Footprint) -> list[tuple[float, float, float, float]]:
     winding_by_poly: dict[int, float] = {}
     polar_n = polar_s = False
     for r in fp.rings:
-        xyz, pts = r.xyz, r.lonlat
+        xyz = r.xyz
         n = len(xyz)
         wind = 0.0
         for i in range(n):
