@@ -9,8 +9,10 @@ user (`access_key` / `secret_key`); `stop` kills every daemon it started by
 pid and deletes the folder.
 
 Pitfalls handled here: the monitor address must be given as an explicit msgr
-v1 address (a v2 address makes clients hunt forever), and the first bucket
-operation takes several seconds while radosgw creates its pools.
+v1 address (a v2 address makes clients hunt forever); the beast frontend needs
+``tcp_nodelay=1`` (without it every small GET waits ~40 ms on Nagle + delayed
+ACK); the first bucket operation takes several seconds while radosgw creates
+its pools.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ mon data = {b}/mon
 [osd.0]
 osd data = {b}/osd0
 [client.rgw.test]
-rgw frontends = beast endpoint=127.0.0.1:{self.port}
+rgw frontends = beast endpoint=127.0.0.1:{self.port} tcp_nodelay=1
 rgw data = {b}/rgw
 rgw dns name = localhost
 rgw thread pool size = 32

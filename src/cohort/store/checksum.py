@@ -1,8 +1,9 @@
 """Block checksums: what every stored copy carries so a reader can trust it.
 
 An object is cut into fixed-size blocks (4 MiB by default) and each block gets
-its own digest (sha256 truncated to 128 bits by default; ``blake2b`` and
-``crc32`` are the alternatives). Per-block digests let a get stream verify each
+its own digest: CRC-32 by default (zlib, ~2.4 GB/s a core here: the check S3
+itself offers against corruption), or sha256 / blake2b truncated to 128 bits
+for stores that want a cryptographic hash (``checksum="sha256"``, ~1.1 GB/s). Per-block digests let a get stream verify each
 block before handing out its bytes (also after a seek), let big objects be
 hashed on several cores at once, and let a reader switch to another copy in the
 middle of an object. The object's overall ``digest`` is the sha256 of the
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 BLOCK = 4 << 20
-DEFAULT_ALGO = "sha256"
+DEFAULT_ALGO = "crc32"
 ALGOS = ("sha256", "blake2b", "crc32")
 _PARALLEL_MIN = 2 * BLOCK  # in-memory data this large is hashed on several threads
 
@@ -153,6 +154,44 @@ class BlockHasher:
                 self._digests.append(self._h.digest()[:digest_size(self.algo)])
                 self._h = _new(self.algo)
                 self._fill = 0
+
+    def plan(self, data) -> list:
+        """The update by `data` as independent jobs: run them all (at once, on several
+        threads, in any order) before the next `plan`/`update`/`finish`."""
+        mv = memoryview(data).cast("B")
+        self._size += len(mv)
+        block, n = self.block, digest_size(self.algo)
+        jobs = []
+        digests = self._digests
+        if self._fill and len(mv):  # complete the current block
+            take = min(len(mv), block - self._fill)
+            h, part = self._h, mv[:take]
+            self._fill += take
+            mv = mv[take:]
+            if self._fill == block:
+                slot = len(digests)
+                digests.append(b"")
+
+                def head(h=h, part=part, slot=slot):
+                    h.update(part)
+                    digests[slot] = h.digest()[:n]
+                jobs.append(head)
+                self._h, self._fill = _new(self.algo), 0
+            else:
+                jobs.append(lambda h=h, part=part: h.update(part))
+        while len(mv) >= block:  # whole blocks: independent
+            slot = len(digests)
+            digests.append(b"")
+
+            def whole(part=mv[:block], slot=slot):
+                digests[slot] = block_digest(self.algo, part)
+            jobs.append(whole)
+            mv = mv[block:]
+        if len(mv):  # start the next block
+            h = self._h
+            self._fill = len(mv)
+            jobs.append(lambda h=h, part=mv: h.update(part))
+        return jobs
 
     def finish(self) -> Checksum:
         if self._fill:

@@ -113,6 +113,8 @@ class _Reader(BlobReader):
 class FileLocation(Location):
     """A folder holding data/, tmp/ and small keys."""
 
+    readahead = 2  # two blocks verified at once, on two cores
+
     def __init__(self, root: Path, fsync: bool = False):
         self.root = Path(root)
         self.fsync = fsync

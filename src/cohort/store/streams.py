@@ -82,12 +82,14 @@ class PutStream(io.RawIOBase):
         mv = mv.cast("B")
         n = len(mv)
         try:
-            if n >= _HASH_ASIDE:
-                fut = hash_pool().submit(self._hasher.update, mv)
+            if n >= _HASH_ASIDE:  # hash (block by block, on other threads) while writing
+                pool = hash_pool()
+                futs = [pool.submit(job) for job in self._hasher.plan(mv)]
                 try:
                     self._w.write(mv)
                 finally:
-                    fut.result()
+                    for f in futs:
+                        f.result()
             else:
                 self._hasher.update(mv)
                 self._w.write(mv)
