@@ -12,18 +12,21 @@ cannot drop caches, so every row is warm-page-cache) is copied
 
 * by ``cp SRC DST`` (a subprocess; GNU cp uses copy_file_range, a copy inside
   the kernel) — the reference;
-* into the store through ``create_put_stream`` (the file read with ``readinto``
-  into one 8 MiB buffer, each chunk passed to ``w.write``), policy ``single``
-  and ``replicate`` (2 copies, so twice the bytes written);
-* out of the store through ``create_get_stream`` to a file
-  (``shutil.copyfileobj(r, out, 4 MiB)``), with block verification on (the
-  default) and off (``verify=False``).
+* into the store through ``create_put_stream``: a Python loop (the file read
+  with ``readinto`` into one 8 MiB buffer, each chunk passed to ``w.write``),
+  and ``w.writefile(f)`` (kernel copy, checksummed from the page cache);
+  policy ``single``, and ``replicate`` (2 copies: twice the bytes written);
+* out of the store through ``create_get_stream`` to a file:
+  ``shutil.copyfileobj(r, out, 4 MiB)`` (with block verification, the
+  default, and with ``verify=False``) and ``r.copyto(out)``.
 
 s3:// rows (radosgw from Debian, started like the tests do, data in RAM):
 boto3 alone (``upload_fileobj`` / ``download_fileobj``, default TransferConfig)
-beside cohort's put/get streams doing the same file-to-object copies.
+beside cohort's put/get streams doing the same file-to-object copies
+(``w.write()`` loop and ``copyfileobj``).
 
-MB/s = 10**6 bytes / second; best and median of ``--repeats`` runs. The
+MB/s = 10**6 bytes / second; best and median of ``--repeats`` rounds (each
+round runs every case once, so a noisy neighbour slows all of them alike). The
 store checksums every byte (CRC-32 per 4 MiB block by default; the rows marked
 sha256 use a store opened with ``checksum="sha256"``); cp and boto3 do not.
 """
@@ -65,66 +68,80 @@ def make_source(path: Path, nbytes: int) -> None:
             i += 1
 
 
-def timed(fn, repeats: int) -> list[float]:
-    out = []
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def round_robin(cases: list, repeats: int) -> list[tuple[str, list[float]]]:
+    """Run every case once per round, `repeats` rounds: a noisy machine hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name, _ in cases}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+        for name, fn in cases:
+            times[name].append(timed(fn))
+    return [(name, times[name]) for name, _ in cases]
 
 
-def put_stream(s, src: Path, policy: str) -> str:
-    buf = bytearray(CHUNK)
-    mv = memoryview(buf)
+def put_stream(s, src: Path, policy: str, how: str = "write") -> str:
     with open(src, "rb", buffering=0) as f, s.create_put_stream(policy=policy) as w:
-        while n := f.readinto(buf):
-            w.write(mv[:n])
+        if how == "writefile":
+            w.writefile(f)
+        else:
+            buf = bytearray(CHUNK)
+            mv = memoryview(buf)
+            while n := f.readinto(buf):
+                w.write(mv[:n])
     return w.oid
 
 
-def get_stream(s, oid: str, dst: Path, verify: bool = True) -> None:
+def get_stream(s, oid: str, dst: Path, verify: bool = True, how: str = "read") -> None:
     with s.create_get_stream(oid, verify=verify) as r, open(dst, "wb") as out:
-        shutil.copyfileobj(r, out, 4 * MiB)
+        if how == "copyto":
+            r.copyto(out)
+        else:
+            shutil.copyfileobj(r, out, 4 * MiB)
 
 
 def bench_file(work: Path, nbytes: int, repeats: int) -> list[tuple[str, list[float]]]:
     src, dst = work / "src.bin", work / "dst.bin"
     make_source(src, nbytes)
-    rows = []
 
     def cp():
         subprocess.run(["cp", str(src), str(dst)], check=True)
         os.unlink(dst)
     cp()  # warm up (and pull src into the page cache)
-    rows.append(("cp (reference)", timed(cp, repeats)))
+    cases = [("cp (reference)", cp)]
 
-    s = store.open(f"file://{work}/store")
-    rows += _file_rows(s, src, dst, repeats, ("single", "replicate"), "")
-    s = store.open(f"file://{work}/store-sha256", checksum="sha256")
-    rows += _file_rows(s, src, dst, repeats, ("single",), ", sha256")
+    def put_case(s, policy, how):
+        def put():  # like cp's copy, each object is dropped again
+            s.delete(put_stream(s, src, policy, how))
+        return put
+
+    def get_case(s, oid, verify, how):
+        def get():
+            get_stream(s, oid, dst, verify, how)
+            os.unlink(dst)
+        return get
+
+    for algo in ("crc32", "sha256"):
+        s = store.open(f"file://{work}/store-{algo}", checksum=algo)
+        tag = "" if algo == "crc32" else ", sha256"
+        puts = [("single", "write"), ("single", "writefile")]
+        gets = [(True, "read"), (True, "copyto")]
+        if algo == "crc32":
+            puts.append(("replicate", "writefile"))
+            gets.append((False, "read"))
+        for policy, how in puts:
+            label = "w.write() loop" if how == "write" else "w.writefile()"
+            cases.append((f"cohort put stream, {label}, {policy}{tag}", put_case(s, policy, how)))
+        oid = put_stream(s, src, "single", "writefile")
+        for verify, how in gets:
+            label = "copyfileobj(r, f)" if how == "read" else "r.copyto()"
+            label += "" if verify else ", verify=False"
+            cases.append((f"cohort get stream, {label}{tag}", get_case(s, oid, verify, how)))
+    rows = round_robin(cases, repeats)
     os.unlink(src)
-    return rows
-
-
-def _file_rows(s, src: Path, dst: Path, repeats: int, policies, tag: str):
-    rows = []
-    for policy in policies:
-        oids = []
-
-        def put():
-            oids.append(put_stream(s, src, policy))
-            if len(oids) > 1:  # like cp's copy, each repeat's object is dropped
-                s.delete(oids.pop())
-        rows.append((f"cohort put stream, file://, {policy}{tag}", timed(put, repeats)))
-        if policy == "single":
-            for verify in (True, False) if not tag else (True,):
-                def get():
-                    get_stream(s, oids[0], dst, verify)
-                    os.unlink(dst)
-                label = "verified" if verify else "verify=False"
-                rows.append((f"cohort get stream, file://, {label}{tag}", timed(get, repeats)))
-        s.delete(oids[0])
     return rows
 
 
@@ -147,33 +164,28 @@ def bench_s3(work: Path, nbytes: int, repeats: int, endpoint: str | None,
         c.create_bucket(Bucket=bucket)
         src, dst = work / "src.bin", work / "dst.bin"
         make_source(src, nbytes)
-        rows = []
+        s = store.open(f"s3://{bucket}/store")
 
         def up():
             with open(src, "rb") as f:
                 c.upload_fileobj(f, bucket, "boto3.bin")
-        rows.append(("boto3 upload_fileobj", timed(up, repeats)))
 
         def down():
             with open(dst, "wb") as f:
                 c.download_fileobj(bucket, "boto3.bin", f)
             os.unlink(dst)
-        rows.append(("boto3 download_fileobj", timed(down, repeats)))
-        c.delete_object(Bucket=bucket, Key="boto3.bin")
-
-        s = store.open(f"s3://{bucket}/store")
-        oids = []
 
         def put():
-            oids.append(put_stream(s, src, "single"))
-            if len(oids) > 1:
-                s.delete(oids.pop(0))
-        rows.append(("cohort put stream, s3://, single", timed(put, repeats)))
+            s.delete(put_stream(s, src, "single"))
+        up()
+        oid = put_stream(s, src, "single")
 
         def get():
-            get_stream(s, oids[-1], dst)
+            get_stream(s, oid, dst)
             os.unlink(dst)
-        rows.append(("cohort get stream, s3://, verified", timed(get, repeats)))
+        rows = round_robin([("boto3 upload_fileobj", up), ("boto3 download_fileobj", down),
+                            ("cohort put stream, s3://, single", put),
+                            ("cohort get stream, s3://, copyfileobj(r, f)", get)], repeats)
         os.unlink(src)
         return rows
     finally:

@@ -559,3 +559,42 @@ def test_large_stream_is_multipart_and_verified(s, backend):
         while n := r.readinto(buf):
             back.update(memoryview(buf)[:n])
     assert back.hexdigest() == h.hexdigest()
+
+
+def test_file_fast_paths(s, backend, tmp_path):
+    """writefile/copyto (kernel copies on file stores) give the same bytes as read/write."""
+    data = os.urandom(9 * MiB + 5)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    oid = s.put_file(src, policy="replicate", meta={"name": "src.bin"})
+    assert s.get(oid).data == data and s.stat(oid).meta == {"name": "src.bin"}
+    with open(src, "rb") as f, s.create_put_stream() as w:
+        f.seek(10)
+        w.write(b"head")
+        assert w.writefile(f, length=5 * MiB) == 5 * MiB
+        assert w.writefile(f) == len(data) - 10 - 5 * MiB
+        w.writefile(io.BytesIO(b"tail"))  # not an OS file: the plain path
+    want = b"head" + data[10:] + b"tail"
+    assert s.get(w.oid).data == want
+    out = tmp_path / "out.bin"
+    assert s.get_file(w.oid, out) == len(want) and out.read_bytes() == want
+    with s.create_get_stream(w.oid) as r, open(out, "wb") as f:
+        f.write(b"<")
+        r.seek(4 * MiB + 1)  # mid-block
+        assert r.copyto(f) == len(want) - 4 * MiB - 1
+        f.write(b">")
+    assert out.read_bytes() == b"<" + want[4 * MiB + 1:] + b">"
+    _corrupt(backend, "c0", oid, at=6 * MiB)
+    assert s.get_file(oid, out) == len(data) and out.read_bytes() == data
+    assert backend.read("c0", data_key(oid)) == data  # healed when the stream closed
+    buf = io.BytesIO()
+    with s.create_get_stream(oid) as r:
+        r.copyto(buf)
+    assert buf.getvalue() == data
+
+
+def test_store_pickles_as_its_url(s):
+    import pickle
+    oid = s.put(b"pickled")
+    again = pickle.loads(pickle.dumps(s))
+    assert again.url == s.url and again.get(oid).data == b"pickled"

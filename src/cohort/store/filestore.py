@@ -55,6 +55,10 @@ class _Writer(BlobWriter):
             n = os.write(fd, data)
             data = data[n:]
 
+    def copy_from_fd(self, src_fd: int, offset: int, n: int) -> None:
+        """Append `n` bytes of another file from `offset`, copied inside the kernel."""
+        _kernel_copy(src_fd, self.fd, n, offset)
+
     def commit(self) -> None:
         if self.loc.fsync:
             os.fsync(self.fd)
@@ -220,7 +224,7 @@ class FileLocation(Location):
             if isinstance(src, FileLocation):
                 try:
                     with open(src._path(oid), "rb", buffering=0) as f:
-                        _kernel_copy(f.fileno(), w.fd, os.fstat(f.fileno()).st_size)
+                        _kernel_copy(f.fileno(), w.fd, os.fstat(f.fileno()).st_size, 0)
                 except FileNotFoundError:
                     raise Missing(oid) from None
             else:
@@ -296,21 +300,23 @@ def _locked(path: str) -> bool:
         os.close(fd)
 
 
-def _kernel_copy(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy `size` bytes from the start of src_fd to dst_fd inside the kernel."""
-    off = 0
+def _kernel_copy(src_fd: int, dst_fd: int, size: int, src_offset: int = 0) -> None:
+    """Copy `size` bytes of src_fd from `src_offset` to dst_fd at its file position,
+    inside the kernel (copy_file_range) where the file systems allow."""
+    done = 0
     try:
-        while off < size:
-            n = os.copy_file_range(src_fd, dst_fd, min(size - off, 1 << 30), off, off)
+        while done < size:
+            n = os.copy_file_range(src_fd, dst_fd, min(size - done, 1 << 30),
+                                   src_offset + done)
             if n == 0:
                 break
-            off += n
+            done += n
     except OSError:  # file systems without copy_file_range: plain read/write
-        while off < size:
-            chunk = os.pread(src_fd, min(size - off, 8 << 20), off)
+        while done < size:
+            chunk = os.pread(src_fd, min(size - done, 8 << 20), src_offset + done)
             if not chunk:
                 break
-            os.pwrite(dst_fd, chunk, off)
-            off += len(chunk)
-    if off != size:
-        raise OSError(f"short copy: {off} of {size} bytes")
+            os.write(dst_fd, chunk)
+            done += len(chunk)
+    if done != size:
+        raise OSError(f"short copy: {done} of {size} bytes")

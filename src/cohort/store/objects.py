@@ -131,6 +131,9 @@ class ObjectStore:
     def __repr__(self) -> str:
         return f"<ObjectStore {self._url}>"
 
+    def __reduce__(self):
+        return (open, (self._url,))  # a store sent to an engine reopens there by URL
+
     def __enter__(self) -> "ObjectStore":
         return self
 
@@ -309,6 +312,17 @@ class ObjectStore:
         except BaseException:
             cancel()
             raise
+
+    def put_file(self, f, policy: str | None = None, meta: dict | None = None) -> str:
+        """Store a file's bytes (a path or a binary file, from its position) as a new object."""
+        with self.create_put_stream(policy=policy, meta=meta) as w:
+            w.writefile(f)
+        return w.oid
+
+    def get_file(self, oid: str, f) -> int:
+        """Write an object's bytes (verified) to `f`, a path or a binary file; returns the size."""
+        with self.create_get_stream(oid) as r:
+            return r.copyto(f)
 
     # --- reading ------------------------------------------------------------------------
     @_guard

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import io
 import logging
+import mmap
+import os
+import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -28,6 +31,7 @@ from .checksum import BlockHasher, Checksum, hash_pool
 log = logging.getLogger(__name__)
 
 _HASH_ASIDE = 1 << 20  # writes at least this large are hashed on another thread
+_WINDOW = 64 << 20    # file-to-file fast paths map and copy this much at a time
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
@@ -98,6 +102,69 @@ class PutStream(io.RawIOBase):
             raise
         self._size += n
         return n
+
+    def writefile(self, f, length: int | None = None) -> int:
+        """Append the rest of file `f` (a binary file or a path), at most `length` bytes.
+
+        From a regular file into a file store the bytes are copied inside the
+        kernel (copy_file_range) while they are checksummed straight from the
+        page cache; the source must not change meanwhile. Returns bytes added.
+        """
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "rb") as fh:
+                return self.writefile(fh, length)
+        fd = _regular_fd(f)
+        copy = getattr(self._w, "copy_from_fd", None)
+        if fd is None or copy is None:
+            return self._writefile_slow(f, length)
+        if self._state != "open":
+            raise ValueError(f"put stream {self.oid} is {self._state}")
+        start = f.tell()
+        end = os.fstat(fd).st_size
+        if length is not None:
+            end = min(end, start + max(0, length))
+        pos = start
+        try:
+            while pos < end:
+                n = min(_WINDOW, end - pos)
+                base = pos - pos % mmap.ALLOCATIONGRANULARITY
+                with _mapped(fd, base, pos - base + n) as mv:
+                    jobs = self._hasher.plan(mv[pos - base:])
+                    futs = [hash_pool().submit(job) for job in jobs]
+                    del jobs
+                    try:
+                        copy(fd, pos, n)
+                    finally:
+                        for fut in futs:
+                            fut.result()
+                        del futs
+                pos += n
+                self._size += n
+        except BaseException:
+            self.abort()
+            raise
+        f.seek(end)
+        return end - start
+
+    def _writefile_slow(self, f, length: int | None) -> int:
+        buf = bytearray(8 << 20)
+        mv = memoryview(buf)
+        total = 0
+        while length is None or total < length:
+            want = len(buf) if length is None else min(len(buf), length - total)
+            n = f.readinto(mv[:want]) if hasattr(f, "readinto") else None
+            if n is None:
+                chunk = f.read(want)
+                if not chunk:
+                    break
+                self.write(chunk)
+                total += len(chunk)
+                continue
+            if not n:
+                break
+            self.write(mv[:n])
+            total += n
+        return total
 
     def close(self) -> None:
         """Commit: the object becomes visible under `oid` with all its copies."""
@@ -233,6 +300,61 @@ class GetStream(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
+    def copyto(self, f) -> int:
+        """Write the rest of the object (from the current position) to file `f`
+        (a binary file or a path); returns the bytes written.
+
+        From a file store into a regular file the bytes are copied inside the
+        kernel while each block is verified straight from the page cache.
+        """
+        self._check()
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "wb") as fh:
+                return self.copyto(fh)
+        total = 0
+        if self._pos % self._block and self._pos < self._size:  # up to a block boundary
+            head = self.read(self._block - self._pos % self._block)
+            f.write(head)
+            total += len(head)
+        fd = _regular_fd(f, write=True)
+        if fd is None or not all(hasattr(loc, "root") for loc in self._locs):
+            while chunk := self.read(self._block):
+                f.write(chunk)
+                total += len(chunk)
+            return total
+        f.flush()
+        while self._pos < self._size:
+            n = min(_WINDOW, self._size - self._pos)
+            i = self._first_good()
+            if i is None:
+                raise CorruptObject(f"object {self.oid}: no readable copy ({self._why()})")
+            src = self._readers[i].fd
+            first = self._pos // self._block
+            at = os.lseek(fd, 0, os.SEEK_CUR)
+            with _mapped(src, self._pos, n) as mv:
+                futs = []
+                if self._verify:
+                    futs = [_read_pool().submit(self._cs.block_ok, first + k,
+                                                mv[k * self._block:(k + 1) * self._block])
+                            for k in range(-(-n // self._block))]
+                try:
+                    from .filestore import _kernel_copy
+                    _kernel_copy(src, fd, n, self._pos)
+                finally:
+                    oks = [fut.result() for fut in futs]
+                    del futs
+            for k, ok in enumerate(oks):
+                if not ok:  # rewrite that block from a good copy
+                    log.warning("object %s: block %d of the copy at %s fails its checksum",
+                                self.oid, first + k, self._locs[i].url)
+                    with self._lock:
+                        self._bad[i] = f"block {first + k} corrupt"
+                    os.pwrite(fd, self._load(first + k), at + k * self._block)
+            self._pos += n
+            total += n
+        f.seek(os.lseek(fd, 0, os.SEEK_CUR))  # resynchronise a buffered file object
+        return total
+
     def close(self) -> None:
         if self.closed:
             return
@@ -331,3 +453,35 @@ class GetStream(io.RawIOBase):
             raise StoreError(f"object {self.oid}: cannot read block {idx}: {error}") from error
         raise CorruptObject(f"object {self.oid}: every copy is bad ({self._why()}); "
                             "run `cohort store fsck` to see what is left")
+
+
+def _regular_fd(f, write: bool = False) -> int | None:
+    """The OS file descriptor behind `f` if it is a regular file, else None."""
+    try:
+        fd = f.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        if write and getattr(f, "mode", "wb").startswith("a"):
+            return None
+        return fd
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return None
+
+
+class _mapped:
+    """A read-only, pre-faulted memory map of part of a file, as a memoryview."""
+
+    def __init__(self, fd: int, offset: int, length: int):
+        self.mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                            prot=mmap.PROT_READ, offset=offset)
+        self.mv = memoryview(self.mm)
+
+    def __enter__(self) -> memoryview:
+        return self.mv
+
+    def __exit__(self, *exc) -> None:
+        self.mv.release()
+        try:
+            self.mm.close()
+        except BufferError:  # a slice still referenced somewhere: the GC unmaps it
+            pass
