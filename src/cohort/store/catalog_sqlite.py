@@ -10,8 +10,8 @@ Tables:
   two per footprint (two when it crosses the antimeridian; a polar footprint
   spans every longitude up to lat +-90). Box id = 2 * record id + k. Its
   auxiliary columns carry what the exact test needs — the packed unit vectors
-  (``geom``, ``rings``; see `cohort.store.geo.Footprint.pack`), the exact
-  times, source and orbit — so candidates are decided without a join.
+  (``geom``; see `cohort.store.geo.Footprint.packed`), source and orbit — so
+  candidates are decided without a join.
 * ``meta`` — the longest record interval seen, so a time filter without a
   region is a bounded range scan of the ``t0`` index.
 
@@ -42,8 +42,7 @@ CREATE INDEX IF NOT EXISTS records_t0 ON records (t0);
 CREATE INDEX IF NOT EXISTS records_source ON records (source, orbit);
 CREATE INDEX IF NOT EXISTS records_orbit ON records (orbit);
 CREATE VIRTUAL TABLE IF NOT EXISTS records_box USING rtree (
-    id, west, east, south, north, d0, d1, +geom BLOB, +rings BLOB, +t0 INT, +t1 INT,
-    +source TEXT, +orbit INT);
+    id, west, east, south, north, d0, d1, +geom BLOB, +source TEXT, +orbit INT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
 _COLS = "r.oid, r.filename, r.source, r.version, r.t0, r.t1, r.orbit, r.footprint, r.extra"
@@ -57,10 +56,9 @@ def where(q: Query, max_span: int | None, alias: str = "r") -> tuple[list[str], 
     (the R*Tree), only the filters its auxiliary columns can answer."""
     conds: list[str] = []
     params: list = []
-    if alias == "b":
-        q = Query(t0=q.t0, t1=q.t1, timed=q.timed, source=q.source,
-                  orbit_range=q.orbit_range, orbit_in=q.orbit_in, region=q.region,
-                  point=q.point)
+    if alias == "b":  # the R*Tree's own time test is close enough for candidates
+        q = Query(source=q.source, orbit_range=q.orbit_range, orbit_in=q.orbit_in,
+                  region=q.region, point=q.point)
 
     def among(col: str, values: list) -> None:
         if len(values) == 1:
@@ -168,20 +166,19 @@ class SqliteCatalog(Catalog):
                     rid = start + i
                     wkt = None
                     if r.footprint is not None:
-                        geom, rings = r.footprint.pack()
+                        geom = r.footprint.packed()
                         wkt = r.footprint.wkt
                         lo = -_FAR if r.t0 is None else r.t0 / _DAY
                         hi = _FAR if r.t1 is None else r.t1 / _DAY
                         for k, (w, e, s, n) in enumerate(r.footprint.boxes):
-                            boxes.append((2 * rid + k, w, e, s, n, lo, hi, geom, rings, r.t0,
-                                          r.t1, r.source, r.orbit))
+                            boxes.append((2 * rid + k, w, e, s, n, lo, hi, geom, r.source,
+                                          r.orbit))
                     if r.t0 is not None:
                         span = max(span, r.t1 - r.t0)
                     recs.append((rid, r.oid, r.filename, r.source, r.version, r.t0, r.t1,
                                  r.orbit, wkt, json.dumps(r.extra) if r.extra else "{}"))
                 c.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?)", recs)
-                c.executemany("INSERT INTO records_box VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                              boxes)
+                c.executemany("INSERT INTO records_box VALUES (?,?,?,?,?,?,?,?,?,?)", boxes)
                 c.execute("INSERT INTO meta VALUES ('max_span', ?) ON CONFLICT (key) DO "
                           "UPDATE SET value = max(value, excluded.value)", (span,))
                 c.execute("COMMIT")
@@ -228,18 +225,16 @@ class SqliteCatalog(Catalog):
             boxes = cap_boxes(lat, lon, rad)
         lo = -_FAR if q.t0 is None else q.t0 / _DAY
         hi = _FAR if q.t1 is None else q.t1 / _DAY
-        sql = ("SELECT b.id >> 1, b.geom, b.rings FROM records_box b WHERE b.west <= ? "
+        sql = ("SELECT b.id >> 1, b.geom FROM records_box b WHERE b.west <= ? "
                "AND b.east >= ? AND b.south <= ? AND b.north >= ? AND b.d0 <= ? AND b.d1 >= ?"
                + "".join(" AND " + x for x in conds))
-        cands: dict[int, tuple] = {}
+        cands: dict[int, bytes] = {}
         for w, e, s, n in boxes:
-            for rid, geom, rings in c.execute(sql, (e, w, n, s, hi, lo, *params)):
-                cands[rid] = (geom, rings)
+            cands.update(c.execute(sql, (e, w, n, s, hi, lo, *params)))
         if not cands:
             return []
         from .geoset import PolySet
-        vals = list(cands.values())
-        ps = PolySet([v[0] for v in vals], [v[1] for v in vals])
+        ps = PolySet.from_packed(list(cands.values()))
         mask = None
         if q.region is not None:
             mask = ps.intersects(q.region.polyset())
@@ -252,10 +247,11 @@ class SqliteCatalog(Catalog):
         with self._lock:
             c = self._db()
             conds, params = where(q, None if q.spatial else self._max_span(c))
-            if q.spatial:
-                conds.append("r.id IN (SELECT value FROM json_each(?))")
-                params.append(json.dumps(self._hits(c, q)))
             sql = f"SELECT {_COLS} FROM records r"
+            if q.spatial:  # CROSS JOIN: look the hits up by id, whatever else is indexed
+                sql = (f"SELECT {_COLS} FROM json_each(?) j CROSS JOIN records r "
+                       "ON r.id = j.value")
+                params.insert(0, json.dumps(self._hits(c, q)))
             if conds:
                 sql += " WHERE " + " AND ".join(conds)
             sql += " ORDER BY r.t0 IS NULL, r.t0, r.oid"
@@ -270,11 +266,13 @@ class SqliteCatalog(Catalog):
             if q.spatial:
                 ids = self._hits(c, q)
                 if q.oid is None and q.filename is None and q.version is None \
-                        and not q.extra:
+                        and not q.extra and not q.timed:
                     return len(ids)  # _hits decided every other filter
-                conds.append("r.id IN (SELECT value FROM json_each(?))")
-                params.append(json.dumps(ids))
-            sql = "SELECT count(*) FROM records r"
+                sql = ("SELECT count(*) FROM json_each(?) j CROSS JOIN records r "
+                       "ON r.id = j.value")
+                params.insert(0, json.dumps(ids))
+            else:
+                sql = "SELECT count(*) FROM records r"
             if conds:
                 sql += " WHERE " + " AND ".join(conds)
             return c.execute(sql, params).fetchone()[0]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 from array import array
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -43,6 +44,7 @@ EARTH_RADIUS_KM = 6371.0088
 EPS = 1e-13
 
 _DEG = math.pi / 180.0
+PACK_MAGIC = 0x2C0407  # ends a packed multi-ring footprint (see Footprint.packed)
 
 LonLat = tuple[float, float]
 Ring = list[LonLat]
@@ -303,6 +305,16 @@ class Footprint:
         for r in self.rings:
             table.extend((r.poly, int(r.hole), len(r.xyz)))
         return coords.tobytes(), table.tobytes()
+
+    def packed(self) -> bytes:
+        """`pack` as one blob: the vertices, then (unless it is one ring) the ring
+        table and an 8-byte trailer (ring count, `PACK_MAGIC`) — a length that
+        is never a multiple of 24. `cohort.store.geoset.PolySet.from_packed`
+        reads it."""
+        coords, table = self.pack()
+        if table is None:
+            return coords
+        return coords + table + struct.pack("<ii", len(self.rings), PACK_MAGIC)
 
     def polyset(self):
         """This footprint as a one-member `cohort.store.geoset.PolySet`."""

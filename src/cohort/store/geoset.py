@@ -17,11 +17,12 @@ with another reference edge.
 
 from __future__ import annotations
 
+import struct
 from typing import Sequence
 
 import numpy as np
 
-from .geo import EPS, _ring_contains, _touches
+from .geo import EPS, PACK_MAGIC, _ring_contains, _touches
 
 # --- many polygons at once (numpy) ------------------------------------------
 
@@ -90,6 +91,25 @@ class PolySet:
         self.ref = ring_start
         self.M, _ = _normalize(self.A[self.ref] + self.B[self.ref])
         self.Nref = self.N[self.ref]
+
+    @classmethod
+    def from_packed(cls, blobs: Sequence[bytes]) -> "PolySet":
+        """From `cohort.store.geo.Footprint.packed` blobs."""
+        if all(len(b) % 24 == 0 for b in blobs):
+            return cls(blobs, [None] * len(blobs))
+        coords, tables = [], []
+        for b in blobs:
+            if len(b) % 24 == 0:
+                coords.append(b)
+                tables.append(None)
+                continue
+            nrings, magic = struct.unpack("<ii", b[-8:])
+            if magic != PACK_MAGIC:
+                raise ValueError("not a packed footprint")
+            cut = len(b) - 8 - 12 * nrings
+            coords.append(b[:cut])
+            tables.append(b[cut:-8])
+        return cls(coords, tables)
 
     def __len__(self) -> int:
         return self.n
