@@ -598,3 +598,38 @@ def test_store_pickles_as_its_url(s):
     oid = s.put(b"pickled")
     again = pickle.loads(pickle.dumps(s))
     assert again.url == s.url and again.get(oid).data == b"pickled"
+
+
+def test_policy_on_other_disks_or_buckets(backend, tmp_path):
+    if backend.kind == "file":
+        roots = [str(tmp_path / "disk1" / "objs"), f"file://{tmp_path}/disk2/objs"]
+    else:
+        tag = uuid.uuid4().hex[:8]
+        roots = [f"s3://cohort-site-a/{tag}", f"s3://cohort-site-b-{tag}/objs"]  # b: created
+    s = store.open(backend.url, policies={"far": {"copies": 2, "roots": roots}})
+    oid = s.put(b"far away", policy="far")
+    info = s.stat(oid)
+    assert info.copies == tuple(r if r.startswith(("s3:", "file:")) else "file://" + r
+                                for r in roots)
+    if backend.kind == "file":
+        assert (tmp_path / "disk1" / "objs" / data_key(oid)).read_bytes() == b"far away"
+        (tmp_path / "disk1" / "objs" / data_key(oid)).write_bytes(b"far awaX")
+    else:
+        c = backend.rgw.client()
+        key = f"{tag}/{data_key(oid)}"
+        assert c.get_object(Bucket="cohort-site-a", Key=key)["Body"].read() == b"far away"
+        c.put_object(Bucket="cohort-site-a", Key=key, Body=b"far awaX")
+    assert store.open(s.url).get(oid).data == b"far away"  # found and healed via store.json
+    assert s.fsck().ok
+
+
+def test_s3_wrong_credentials_are_refused(rgw):
+    with pytest.raises(StoreError, match="cannot open S3 store"):
+        store.open("s3://cohort-test/creds", secret_key="not-the-secret")
+    s = store.open(f"s3://cohort-test/creds?access_key={rgw.access_key}"
+                   f"&secret_key={rgw.secret_key}&endpoint_url={rgw.endpoint}")
+    assert "secret_access_key=" in s.url  # keys written into the URL stay in it
+    s2 = store.open("s3://cohort-test/creds", access_key=rgw.access_key,
+                    secret_key=rgw.secret_key)
+    assert "secret" not in s2.url and "endpoint_url=" in s2.url  # keys given as keywords do not
+    assert s2.get(s.put(b"signed")).data == b"signed"

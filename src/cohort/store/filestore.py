@@ -163,7 +163,14 @@ class FileLocation(Location):
             for attempt in (0, 1):
                 try:
                     if exclusive:
-                        os.link(tmp, final)  # atomic create-if-absent, content already whole
+                        try:
+                            os.link(tmp, final)  # atomic create-if-absent, content whole
+                        except (FileExistsError, FileNotFoundError):
+                            raise
+                        except OSError:  # no hard links here: exclusive create, then fill
+                            fd = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                            with os.fdopen(fd, "wb") as f:
+                                f.write(data)
                     else:
                         os.replace(tmp, final)
                     return True
