@@ -36,10 +36,10 @@ from . import policies as _pol
 from .backend import Location, Missing
 from .checksum import ALGOS, BLOCK, DEFAULT_ALGO, Checksum, compute
 from .streams import GetStream, PutStream
+from .urls import CONFIG_KEY, open_root, read_config
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = "store.json"
 _OID = re.compile(r"^[0-9a-f]{32}$")
 
 __all__ = ["Object", "ObjectInfo", "ObjectStore", "open", "new_oid"]
@@ -510,54 +510,6 @@ class ObjectStore:
         return run_fsck(self, repair=repair, verify=verify, grace=grace)
 
 
-def _read_config(root: Location) -> dict:
-    try:
-        raw = root.get_key(CONFIG_KEY)
-    except Missing:
-        return {}
-    try:
-        cfg = json.loads(raw)
-        if not isinstance(cfg, dict):
-            raise ValueError("not a JSON object")
-        return cfg
-    except ValueError as e:
-        raise StoreError(f"{root.url}/{CONFIG_KEY} is not valid JSON ({e}): fix or remove "
-                         "it") from None
-
-
-def _open_root(url: str, options: dict) -> tuple[Location, str]:
-    if url.startswith("s3:"):
-        from .s3store import S3Location, client_for, make_url, parse_url
-        bucket, prefix, conn, from_url = parse_url(url, options)
-        try:
-            root = S3Location(client_for(conn), bucket, prefix)
-            root.ensure()
-        except CohortError:
-            raise
-        except Exception as e:
-            raise StoreError(f"cannot open S3 store {url} (endpoint "
-                             f"{conn.get('endpoint_url', 'AWS')}): {e}") from e
-        return root, make_url(bucket, prefix, from_url, conn)
-    if url.startswith("file:") or "://" not in url:
-        from .filestore import FileLocation, path_from_url
-        base, _, query = url.partition("?")
-        fsync = options.pop("fsync", None)
-        for k, v in (q.split("=", 1) for q in query.split("&") if "=" in q):
-            if k != "fsync":
-                raise StoreError(f"unknown file store option {k!r} in {url!r}; known: fsync")
-            fsync = v.lower() in ("1", "true", "yes") if fsync is None else fsync
-        path = path_from_url(base)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create the store folder {path}: {e}") from e
-        root = FileLocation(path, fsync=bool(fsync))
-        return root, "file://" + str(path) + ("?fsync=1" if fsync else "")
-    scheme = url.split("://", 1)[0]
-    raise StoreError(f"unsupported store URL {url!r} (scheme {scheme!r}): use "
-                     "file:///path/to/folder or s3://bucket/prefix")
-
-
 def open(url: str | os.PathLike | None = None, **options) -> ObjectStore:
     """Open (creating if needed) the store at `url`.
 
@@ -580,14 +532,14 @@ def open(url: str | os.PathLike | None = None, **options) -> ObjectStore:
     given = options.pop("policies", None)
     default_policy = options.pop("default_policy", None)
     checksum = options.pop("checksum", None)
-    root, canonical = _open_root(url, options)
+    root, canonical = open_root(url, options)
     if options:
         raise StoreError(f"unknown store option(s) {sorted(options)} for {canonical}")
     try:
-        cfg = _read_config(root)
+        cfg = read_config(root)
         pols, new = _pol.resolve(cfg.get("policies"), given)
         if new or not cfg:
-            fresh = _read_config(root)  # read-modify-write, as late as possible
+            fresh = read_config(root)  # read-modify-write, as late as possible
             fresh.setdefault("version", 1)
             fresh.setdefault("policies", {}).update(new)
             root.put_key(CONFIG_KEY, json.dumps(fresh, indent=1, sort_keys=True).encode())
