@@ -76,6 +76,14 @@ def hash_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def _after_fork() -> None:  # a forked child has the pool but none of its threads
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 @dataclass(frozen=True)
 class Checksum:
     """The block digests of one object's bytes."""

@@ -56,6 +56,15 @@ def io_pool() -> ThreadPoolExecutor:
         return _io
 
 
+def _after_fork() -> None:  # threads and connections do not survive fork()
+    global _io
+    _io = None
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def _code(e: Exception) -> str:
     resp = getattr(e, "response", None) or {}
     return str(resp.get("Error", {}).get("Code", ""))

@@ -44,6 +44,14 @@ def _read_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def _after_fork() -> None:  # a forked child has the pool but none of its threads
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class PutStream(io.RawIOBase):
     """A writable binary stream that becomes one object when closed; `oid` names it."""
 
