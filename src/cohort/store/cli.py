@@ -274,23 +274,31 @@ def _wrap(func):
     return run
 
 
-def add_store_parsers(sub) -> None:
-    """Add ``store`` and ``catalog`` with their sub-commands to `sub`."""
-    help_ = "put, get, list and check objects in the object store"
-    sp = sub.add_parser("store", help=help_, description=help_,
-                        epilog="examples:\n  cohort store put data.h5 --meta source=MERIS\n"
-                               "  cohort store get OID -o data.h5\n  cohort store fsck --repair",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.set_defaults(func=lambda a: (sp.print_help(), 2)[1])
-    ss = sp.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
+def _command_group(sub, name: str, help_: str, examples: list, url_flag: str, url_help: str):
+    """A top-level command (`cohort store`, `cohort catalog`) and a function that
+    adds its sub-commands, each taking the `url_flag` option."""
+    top = sub.add_parser(name, help=help_, description=help_,
+                         epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.set_defaults(func=lambda a: (top.print_help(), 2)[1])
+    subs = top.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
 
-    def cmd(name, func, help_):
-        p = ss.add_parser(name, help=help_, description=help_)
-        p.add_argument("--store", help="store URL: file:///folder or s3://bucket/prefix "
-                       "(default: $COHORT_STORE, else the profile's file store)")
+    def command(cmd_name, func, cmd_help):
+        p = subs.add_parser(cmd_name, help=cmd_help, description=cmd_help)
+        p.add_argument(url_flag, help=url_help)
         p.set_defaults(func=_wrap(func))
         return p
+    return command
 
+
+def add_store_parsers(sub) -> None:
+    """Add ``store`` and ``catalog`` with their sub-commands to `sub`."""
+    cmd = _command_group(
+        sub, "store", "put, get, list and check objects in the object store",
+        ["cohort store put data.h5 --meta source=MERIS", "cohort store get OID -o data.h5",
+         "cohort store fsck --repair"],
+        "--store", "store URL: file:///folder or s3://bucket/prefix "
+                   "(default: $COHORT_STORE, else the profile's file store)")
     p = cmd("put", store_put, "store a file (or - for standard input) as a new object; prints its OID")
     p.add_argument("file")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
@@ -310,20 +318,12 @@ def add_store_parsers(sub) -> None:
     p.add_argument("--repair", action="store_true", help="heal copies from good ones, remove orphans")
     p.add_argument("--quick", action="store_true", help="check sizes only, do not read the bytes")
 
-    help_ = "find objects by where, when and what in the metadata catalog"
-    cp = sub.add_parser("catalog", help=help_, description=help_,
-                        epilog="examples:\n  cohort catalog query --bbox 3,51,9,56 --time 2026-06-01/2026-07-01\n"
-                               "  cohort catalog query --within-km 53.5,8.1,50 --source MERIS --json",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    cp.set_defaults(func=lambda a: (cp.print_help(), 2)[1])
-    cs = cp.add_subparsers(dest="catalog_command", metavar="SUBCOMMAND")
-
-    def ccmd(name, func, help_):
-        p = cs.add_parser(name, help=help_, description=help_)
-        p.add_argument("--catalog", help="catalog URL: sqlite:///file.db or postgresql://... "
-                       "(default: $COHORT_CATALOG, else the profile's SQLite catalog)")
-        p.set_defaults(func=_wrap(func))
-        return p
+    ccmd = _command_group(
+        sub, "catalog", "find objects by where, when and what in the metadata catalog",
+        ["cohort catalog query --bbox 3,51,9,56 --time 2026-06-01/2026-07-01",
+         "cohort catalog query --within-km 53.5,8.1,50 --source MERIS --json"],
+        "--catalog", "catalog URL: sqlite:///file.db or postgresql://... "
+                     "(default: $COHORT_CATALOG, else the profile's SQLite catalog)")
 
     def common(p):
         p.add_argument("--time", help="an instant, or START/END (ISO 8601; either end may be empty)")
