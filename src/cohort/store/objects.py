@@ -35,7 +35,7 @@ from ..errors import CohortError, CorruptObject, ObjectExists, ObjectNotFound, S
 from . import policies as _pol
 from .backend import Location, Missing
 from .checksum import ALGOS, BLOCK, DEFAULT_ALGO, Checksum, compute
-from .streams import GetStream, PutStream
+from .streams import GetStream, PutStream, run_all
 from .urls import CONFIG_KEY, open_root, read_config
 
 log = logging.getLogger(__name__)
@@ -191,12 +191,14 @@ class ObjectStore:
         cs = compute(data, self.checksum, self.block)
         rec = self._record(oid, policy, cs, meta)
         locs = [self._loc(r) for r in policy.roots]
-        try:
-            for loc in locs:
+        def copy(loc: Location):
+            def run():
                 loc.ensure()
                 loc.put_data(oid, data)
-            for loc in locs:
-                loc.write_record(oid, rec)
+            return run
+        try:
+            run_all([copy(loc) for loc in locs])
+            run_all([functools.partial(loc.write_record, oid, rec) for loc in locs])
         except BaseException:
             self._scrub(oid, locs)
             raise
@@ -289,11 +291,9 @@ class ObjectStore:
         def finish(cs: Checksum) -> None:
             rec = self._record(oid, pol, cs, meta)
             try:
-                for loc in locs[1:]:
-                    loc.ensure()
-                    loc.copy_data(locs[0], oid)
-                for loc in locs:
-                    loc.write_record(oid, rec)
+                if len(locs) > 1:
+                    run_all([functools.partial(loc.copy_data, locs[0], oid) for loc in locs[1:]])
+                run_all([functools.partial(loc.write_record, oid, rec) for loc in locs])
             except BaseException:
                 self._scrub(oid, locs)
                 raise

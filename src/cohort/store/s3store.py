@@ -136,7 +136,7 @@ class _Writer(BlobWriter):
     def __init__(self, loc: "S3Location", key: str):
         self.loc, self.key = loc, key
         self.c = loc.client
-        self.buf = bytearray(PART)
+        self.buf = bytearray()  # grows to a part as data comes (small objects stay small)
         self.fill = 0
         self.upload_id: str | None = None
         self.parts: list[Future] = []
@@ -147,11 +147,14 @@ class _Writer(BlobWriter):
 
     def write(self, data: memoryview) -> None:
         while len(data):
+            if self.fill + len(data) > len(self.buf) and len(self.buf) < self._part_size():
+                want = min(self._part_size(), max(2 * len(self.buf), self.fill + len(data)))
+                self.buf.extend(bytes(want - len(self.buf)))
             take = min(len(self.buf) - self.fill, len(data))
             self.buf[self.fill:self.fill + take] = data[:take]
             self.fill += take
             data = data[take:]
-            if self.fill == len(self.buf):
+            if self.fill == len(self.buf) == self._part_size():
                 self._send(self.buf)
                 self.buf = bytearray(self._part_size())
                 self.fill = 0
@@ -326,6 +329,13 @@ class S3Location(Location):
 
     def reader(self, oid: str) -> BlobReader:
         return _Reader(self, self.key(data_key(oid)))
+
+    def put_data(self, oid: str, data: memoryview) -> None:
+        if len(data) <= PART:  # one PUT, no part buffer
+            self.client.put_object(Bucket=self.bucket, Key=self.key(data_key(oid)),
+                                   Body=bytes(data))
+        else:
+            super().put_data(oid, data)
 
     def read_data(self, oid: str) -> bytes:
         return self.get_key(data_key(oid))

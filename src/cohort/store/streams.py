@@ -36,11 +36,12 @@ _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
-def _read_pool() -> ThreadPoolExecutor:
+def io_pool() -> ThreadPoolExecutor:
+    """The process-wide pool for read-ahead and for writing several copies at once."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(16, thread_name_prefix="cohort-store-read")
+            _pool = ThreadPoolExecutor(16, thread_name_prefix="cohort-store-io")
         return _pool
 
 
@@ -342,7 +343,7 @@ class GetStream(io.RawIOBase):
             with _mapped(src, self._pos, n) as mv:
                 futs = []
                 if self._verify:
-                    futs = [_read_pool().submit(self._cs.block_ok, first + k,
+                    futs = [io_pool().submit(self._cs.block_ok, first + k,
                                                 mv[k * self._block:(k + 1) * self._block])
                             for k in range(-(-n // self._block))]
                 try:
@@ -403,7 +404,7 @@ class GetStream(io.RawIOBase):
         if sequential:
             for j in range(idx + 1, min(idx + 1 + self._depth, self._nblocks)):
                 if j not in self._ahead and j not in self._cache:
-                    self._ahead[j] = _read_pool().submit(self._load, j)
+                    self._ahead[j] = io_pool().submit(self._load, j)
         return blk
 
     def _reader_for(self, i: int) -> BlobReader | None:
@@ -493,3 +494,19 @@ class _mapped:
             self.mm.close()
         except BufferError:  # a slice still referenced somewhere: the GC unmaps it
             pass
+
+
+def run_all(calls: list) -> None:
+    """Run the no-argument `calls` (one per copy) at once; raise the first failure."""
+    if len(calls) == 1:
+        calls[0]()
+        return
+    futs = [io_pool().submit(c) for c in calls]
+    errors = []
+    for f in futs:
+        try:
+            f.result()
+        except BaseException as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
