@@ -132,13 +132,11 @@ class PutStream(io.RawIOBase):
         end = os.fstat(fd).st_size
         if length is not None:
             end = min(end, start + max(0, length))
-        pos = start
+        windows = _Windows(fd, start, end)
         try:
-            while pos < end:
-                n = min(_WINDOW, end - pos)
-                base = pos - pos % mmap.ALLOCATIONGRANULARITY
-                with _mapped(fd, base, pos - base + n) as mv:
-                    jobs = self._hasher.plan(mv[pos - base:])
+            for pos, n, m in windows:
+                with m as mv:
+                    jobs = self._hasher.plan(mv)
                     futs = [hash_pool().submit(job) for job in jobs]
                     del jobs
                     try:
@@ -147,11 +145,12 @@ class PutStream(io.RawIOBase):
                         for fut in futs:
                             fut.result()
                         del futs
-                pos += n
                 self._size += n
         except BaseException:
             self.abort()
             raise
+        finally:
+            windows.close()
         f.seek(end)
         return end - start
 
@@ -332,35 +331,41 @@ class GetStream(io.RawIOBase):
                 total += len(chunk)
             return total
         f.flush()
+        from .filestore import _kernel_copy
         while self._pos < self._size:
-            n = min(_WINDOW, self._size - self._pos)
             i = self._first_good()
             if i is None:
                 raise CorruptObject(f"object {self.oid}: no readable copy ({self._why()})")
             src = self._readers[i].fd
-            first = self._pos // self._block
-            at = os.lseek(fd, 0, os.SEEK_CUR)
-            with _mapped(src, self._pos, n) as mv:
-                futs = []
-                if self._verify:
-                    futs = [io_pool().submit(self._cs.block_ok, first + k,
-                                                mv[k * self._block:(k + 1) * self._block])
-                            for k in range(-(-n // self._block))]
-                try:
-                    from .filestore import _kernel_copy
-                    _kernel_copy(src, fd, n, self._pos)
-                finally:
-                    oks = [fut.result() for fut in futs]
-                    del futs
-            for k, ok in enumerate(oks):
-                if not ok:  # rewrite that block from a good copy
-                    log.warning("object %s: block %d of the copy at %s fails its checksum",
-                                self.oid, first + k, self._locs[i].url)
-                    with self._lock:
-                        self._bad[i] = f"block {first + k} corrupt"
-                    os.pwrite(fd, self._load(first + k), at + k * self._block)
-            self._pos += n
-            total += n
+            windows = _Windows(src, self._pos, self._size)
+            try:
+                for pos, n, m in windows:
+                    first = pos // self._block
+                    at = os.lseek(fd, 0, os.SEEK_CUR)
+                    with m as mv:
+                        futs = []
+                        if self._verify:
+                            futs = [io_pool().submit(self._cs.block_ok, first + k,
+                                                     mv[k * self._block:(k + 1) * self._block])
+                                    for k in range(-(-n // self._block))]
+                        try:
+                            _kernel_copy(src, fd, n, pos)
+                        finally:
+                            oks = [fut.result() for fut in futs]
+                            del futs
+                    for k, ok in enumerate(oks):
+                        if not ok:  # rewrite that block from a good copy
+                            log.warning("object %s: block %d of the copy at %s fails its "
+                                        "checksum", self.oid, first + k, self._locs[i].url)
+                            with self._lock:
+                                self._bad[i] = f"block {first + k} corrupt"
+                            os.pwrite(fd, self._load(first + k), at + k * self._block)
+                    self._pos += n
+                    total += n
+                    if i in self._bad:
+                        break  # go on from another copy
+            finally:
+                windows.close()
         f.seek(os.lseek(fd, 0, os.SEEK_CUR))  # resynchronise a buffered file object
         return total
 
@@ -480,20 +485,55 @@ def _regular_fd(f, write: bool = False) -> int | None:
 class _mapped:
     """A read-only, pre-faulted memory map of part of a file, as a memoryview."""
 
-    def __init__(self, fd: int, offset: int, length: int):
+    def __init__(self, fd: int, offset: int, length: int, skip: int = 0):
         self.mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                             prot=mmap.PROT_READ, offset=offset)
-        self.mv = memoryview(self.mm)
+        self.whole = memoryview(self.mm)
+        self.mv = self.whole[skip:]  # offset must be page-aligned; the view need not be
 
     def __enter__(self) -> memoryview:
         return self.mv
 
     def __exit__(self, *exc) -> None:
-        self.mv.release()
         try:
+            self.mv.release()
+            self.whole.release()
             self.mm.close()
         except BufferError:  # a slice still referenced somewhere: the GC unmaps it
             pass
+
+
+class _Windows:
+    """Iterate ``(pos, n, mapping)`` over bytes [start, end) of a file in _WINDOW
+    pieces; the next piece is mapped (and pre-faulted) on another thread while the
+    caller works on the current one. The mapping's view starts exactly at `pos`."""
+
+    def __init__(self, fd: int, start: int, end: int):
+        self.fd, self.end = fd, end
+        self._next = self._submit(start)
+
+    def _submit(self, pos: int) -> Future | None:
+        return io_pool().submit(self._map, pos) if pos < self.end else None
+
+    def _map(self, pos: int):
+        n = min(_WINDOW, self.end - pos)
+        base = pos - pos % mmap.ALLOCATIONGRANULARITY
+        return pos, n, _mapped(self.fd, base, pos - base + n, skip=pos - base)
+
+    def __iter__(self):
+        while self._next is not None:
+            pos, n, m = self._next.result()
+            self._next = self._submit(pos + n)
+            yield pos, n, m
+
+    def close(self) -> None:
+        """Unmap a piece mapped ahead and not used."""
+        if self._next is not None:
+            try:
+                self._next.result()[2].__exit__(None, None, None)
+            except Exception:
+                pass
+            self._next = None
 
 
 def run_all(calls: list) -> None:
