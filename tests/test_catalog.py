@@ -80,6 +80,9 @@ def test_add_get_roundtrip(cat):
     assert cat.get("o4").time == T0 + timedelta(seconds=0.5)
     assert cat.get("o2").to_dict()["time"] == (T0, t1)
     assert len(cat) == 4
+    assert cat.get("o1") == cat.get("o1") != cat.get("o2")
+    assert repr(cat.get("o4")).startswith("Record(oid='o4', filename=None")
+    assert cat.get("o4").extra == {} and cat.get("o4").footprint is None
 
 
 def test_add_replaces_and_remove(cat):
@@ -268,6 +271,16 @@ def test_default_catalog_lives_in_the_profile_folder(cohort_home):
         store.catalog("ftp://host/x")
 
 
+def test_store_catalog_opens_a_catalog_whatever_was_imported_first(tmp_path):
+    import subprocess
+    import sys
+    code = ("import cohort.store.catalog\nfrom cohort import store\n"
+            f"c = store.catalog({str(tmp_path / 'c.db')!r})\nprint(type(c).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "SqliteCatalog", out.stderr
+
+
 def test_catalog_reopens_with_its_records(tmp_path):
     with store.catalog(tmp_path / "c.db") as c:
         c.add("x", footprint=SWATH_AM, time=T0)
@@ -343,6 +356,13 @@ def test_sqlite_and_postgis_agree_on_random_footprints(tmp_path, postgis_url):
                 w, s = rng.uniform(-180, 180), rng.uniform(-89, 80)
                 q["intersects"] = (w, s, (w + rng.uniform(0.5, 60) + 180) % 360 - 180,
                                    min(90, s + rng.uniform(0.5, 30)))
+            if k % 50 == 7:   # a big region: a ring of 400 vertices
+                lat0, lon0 = rng.uniform(-70, 70), rng.uniform(-180, 180)
+                rad = math.radians(rng.uniform(1, 20))
+                ring = [_dest(lat0, lon0, 360 * j / 400, rad * rng.uniform(0.8, 1))
+                        for j in range(400)]
+                q = {"intersects": "POLYGON((" + ",".join(
+                    f"{lo!r} {la!r}" for lo, la in ring + ring[:1]) + "))"}
             if rng.random() < 0.5:
                 t = T0 + timedelta(seconds=rng.uniform(0, year))
                 q["time"] = (t, t + timedelta(days=rng.uniform(0, 90)))

@@ -4,19 +4,19 @@ the sphere in Python.
 Tables:
 
 * ``records`` — one row per record: times as integer microseconds since the
-  epoch (``t0``, ``t1``), the footprint as WKT, ``extra`` as JSON. B-tree
-  indexes on ``oid``, ``t0``, ``(source, orbit)``, ``orbit``.
-* ``records_box`` — an R*Tree of 3-D boxes (lon, lat, time in days), one or
-  two per footprint (two when it crosses the antimeridian; a polar footprint
-  spans every longitude up to lat +-90). Box id = 2 * record id + k. Its
-  auxiliary columns carry what the exact test needs — the packed unit vectors
-  (``geom``; see `cohort.store.geo.Footprint.packed`), source and orbit — so
-  candidates are decided without a join.
+  epoch (``t0``, ``t1``), the footprint as WKT and as packed unit vectors
+  (``geom``; see `cohort.store.geo.Footprint.packed`), ``extra`` as JSON.
+  B-tree indexes on ``oid``, ``t0``, ``(source, orbit)``, ``orbit``.
+* ``records_box`` — an R*Tree of 3-D boxes (lon, lat, time in days: days keep
+  the three axes commensurate, so the tree splits on space and time alike),
+  one or two per footprint (two when it crosses the antimeridian; a polar
+  footprint spans every longitude up to lat +-90). Box id = 2 * record id + k.
 * ``meta`` — the longest record interval seen, so a time filter without a
   region is a bounded range scan of the ``t0`` index.
 
 A spatial query reads the boxes overlapping the region's boxes and the time
-window, joins the attribute filters, then keeps the exact hits (`PolySet`).
+window, joins each to its record row (one pass: every filter in SQL, the
+geometry and the columns together), then keeps the exact hits (`PolySet`).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY, oid TEXT NOT NULL UNIQUE, filename TEXT, source TEXT,
     version TEXT, t0 INTEGER, t1 INTEGER, orbit INTEGER, footprint TEXT,
-    extra TEXT NOT NULL DEFAULT '{}');
+    extra TEXT NOT NULL DEFAULT '{}', geom BLOB);
 CREATE INDEX IF NOT EXISTS records_t0 ON records (t0);
 CREATE INDEX IF NOT EXISTS records_source ON records (source, orbit);
 CREATE INDEX IF NOT EXISTS records_orbit ON records (orbit);
 CREATE VIRTUAL TABLE IF NOT EXISTS records_box USING rtree (
-    id, west, east, south, north, d0, d1, +geom BLOB, +source TEXT, +orbit INT);
+    id, west, east, south, north, d0, d1);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
 _COLS = "r.oid, r.filename, r.source, r.version, r.t0, r.t1, r.orbit, r.footprint, r.extra"
@@ -50,15 +50,11 @@ _FAR = 1e37  # time bound (days) of records without a time, in the R*Tree
 _DAY = 86400e6  # microseconds; R*Tree time is in days, commensurate with degrees
 
 
-def where(q: Query, max_span: int | None, alias: str = "r") -> tuple[list[str], list]:
+def where(q: Query, max_span: int | None) -> tuple[list[str], list]:
     """SQL conditions (on table alias r) and parameters for the attribute and time
-    filters of `q` (the exact ones; the R*Tree only narrows). With alias "b"
-    (the R*Tree), only the filters its auxiliary columns can answer."""
+    filters of `q` (the exact ones; the R*Tree only narrows)."""
     conds: list[str] = []
     params: list = []
-    if alias == "b":  # the R*Tree's own time test is close enough for candidates
-        q = Query(source=q.source, orbit_range=q.orbit_range, orbit_in=q.orbit_in,
-                  region=q.region, point=q.point)
 
     def among(col: str, values: list) -> None:
         if len(values) == 1:
@@ -110,8 +106,6 @@ def where(q: Query, max_span: int | None, alias: str = "r") -> tuple[list[str], 
             conds.append("0")
     if q.orbit_in == []:
         conds.append("0")
-    if alias != "r":
-        conds = [x.replace("r.", alias + ".") for x in conds]
     return conds, params
 
 
@@ -164,21 +158,20 @@ class SqliteCatalog(Catalog):
                 recs, boxes, span = [], [], 0
                 for i, r in enumerate(rows):
                     rid = start + i
-                    wkt = None
+                    wkt = geom = None
                     if r.footprint is not None:
                         geom = r.footprint.packed()
                         wkt = r.footprint.wkt
                         lo = -_FAR if r.t0 is None else r.t0 / _DAY
                         hi = _FAR if r.t1 is None else r.t1 / _DAY
                         for k, (w, e, s, n) in enumerate(r.footprint.boxes):
-                            boxes.append((2 * rid + k, w, e, s, n, lo, hi, geom, r.source,
-                                          r.orbit))
+                            boxes.append((2 * rid + k, w, e, s, n, lo, hi))
                     if r.t0 is not None:
                         span = max(span, r.t1 - r.t0)
                     recs.append((rid, r.oid, r.filename, r.source, r.version, r.t0, r.t1,
-                                 r.orbit, wkt, json.dumps(r.extra) if r.extra else "{}"))
-                c.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?)", recs)
-                c.executemany("INSERT INTO records_box VALUES (?,?,?,?,?,?,?,?,?,?)", boxes)
+                                 r.orbit, wkt, json.dumps(r.extra) if r.extra else "{}", geom))
+                c.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?)", recs)
+                c.executemany("INSERT INTO records_box VALUES (?,?,?,?,?,?,?)", boxes)
                 c.execute("INSERT INTO meta VALUES ('max_span', ?) ON CONFLICT (key) DO "
                           "UPDATE SET value = max(value, excluded.value)", (span,))
                 c.execute("COMMIT")
@@ -214,10 +207,10 @@ class SqliteCatalog(Catalog):
 
     # -- reading --
 
-    def _hits(self, c: sqlite3.Connection, q: Query) -> list[int]:
-        """Ids of the records whose footprint (and time, source, orbit) match
-        a spatial query exactly; the other filters are left to the caller."""
-        conds, params = where(q, None, alias="b")
+    def _spatial(self, c: sqlite3.Connection, q: Query, cols: str) -> list[tuple]:
+        """Rows (``id, geom, *cols``) of the records matching a spatial query
+        exactly, in no particular order."""
+        conds, params = where(q, None)
         if q.region is not None:
             boxes = q.region.boxes
         else:
@@ -225,33 +218,37 @@ class SqliteCatalog(Catalog):
             boxes = cap_boxes(lat, lon, rad)
         lo = -_FAR if q.t0 is None else q.t0 / _DAY
         hi = _FAR if q.t1 is None else q.t1 / _DAY
-        sql = ("SELECT b.id >> 1, b.geom FROM records_box b WHERE b.west <= ? "
-               "AND b.east >= ? AND b.south <= ? AND b.north >= ? AND b.d0 <= ? AND b.d1 >= ?"
+        # CROSS JOIN: the R*Tree drives, whatever other index looks attractive
+        sql = (f"SELECT r.id, r.geom{cols} FROM records_box b CROSS JOIN records r "
+               "ON r.id = (b.id >> 1) WHERE b.west <= ? AND b.east >= ? AND b.south <= ? "
+               "AND b.north >= ? AND b.d0 <= ? AND b.d1 >= ?"
                + "".join(" AND " + x for x in conds))
-        cands: dict[int, bytes] = {}
+        cands: dict[int, tuple] = {}
         for w, e, s, n in boxes:
-            cands.update(c.execute(sql, (e, w, n, s, hi, lo, *params)))
+            for row in c.execute(sql, (e, w, n, s, hi, lo, *params)):
+                cands[row[0]] = row
         if not cands:
             return []
         from .geoset import PolySet
-        ps = PolySet.from_packed(list(cands.values()))
+        rows = list(cands.values())
+        ps = PolySet.from_packed([r[1] for r in rows])
         mask = None
         if q.region is not None:
             mask = ps.intersects(q.region.polyset())
         if q.point is not None:
             near = ps.distance(q.point_xyz) <= q.point[2] * (1 + 1e-12)
             mask = near if mask is None else mask & near
-        return [i for i, m in zip(cands, mask.tolist()) if m]
+        return [r for r, m in zip(rows, mask.tolist()) if m]
 
     def _select(self, q: Query) -> list[Record]:
         with self._lock:
             c = self._db()
-            conds, params = where(q, None if q.spatial else self._max_span(c))
+            if q.spatial:
+                out = [Record.from_row(*r[2:]) for r in self._spatial(c, q, ", " + _COLS)]
+                out.sort(key=_order)
+                return out if q.limit is None else out[:q.limit]
+            conds, params = where(q, self._max_span(c))
             sql = f"SELECT {_COLS} FROM records r"
-            if q.spatial:  # CROSS JOIN: look the hits up by id, whatever else is indexed
-                sql = (f"SELECT {_COLS} FROM json_each(?) j CROSS JOIN records r "
-                       "ON r.id = j.value")
-                params.insert(0, json.dumps(self._hits(c, q)))
             if conds:
                 sql += " WHERE " + " AND ".join(conds)
             sql += " ORDER BY r.t0 IS NULL, r.t0, r.oid"
@@ -262,17 +259,15 @@ class SqliteCatalog(Catalog):
     def _count(self, q: Query) -> int:
         with self._lock:
             c = self._db()
-            conds, params = where(q, None if q.spatial else self._max_span(c))
             if q.spatial:
-                ids = self._hits(c, q)
-                if q.oid is None and q.filename is None and q.version is None \
-                        and not q.extra and not q.timed:
-                    return len(ids)  # _hits decided every other filter
-                sql = ("SELECT count(*) FROM json_each(?) j CROSS JOIN records r "
-                       "ON r.id = j.value")
-                params.insert(0, json.dumps(ids))
-            else:
-                sql = "SELECT count(*) FROM records r"
+                return len(self._spatial(c, q, ""))
+            conds, params = where(q, self._max_span(c))
+            sql = "SELECT count(*) FROM records r"
             if conds:
                 sql += " WHERE " + " AND ".join(conds)
             return c.execute(sql, params).fetchone()[0]
+
+
+def _order(rec: Record) -> tuple:
+    """Results order: start time (none last), then oid (as SQL orders them)."""
+    return (rec._t0 is None, rec._t0 or 0, rec.oid)

@@ -30,6 +30,13 @@ def _rows_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b)
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cross products of (n, 3) arrays (either may be one row)."""
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    return np.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), axis=-1)
+
+
 def _normalize(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = np.sqrt(_rows_dot(v, v))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -40,14 +47,14 @@ class PolySet:
     """Packed footprints (see `Footprint.pack`) as arrays, for exact tests of
     many at once. Every answer is one value per footprint, in input order."""
 
-    def __init__(self, blobs: Sequence[bytes], tables: Sequence[bytes | None]):
+    def __init__(self, blobs: Sequence[bytes], tables: Sequence[bytes | None] | None = None):
         self.n = len(blobs)
-        counts = np.fromiter((len(b) // 24 for b in blobs), dtype=np.int64, count=self.n)
+        counts = np.fromiter(map(len, blobs), dtype=np.int64, count=self.n) // 24
         self.V = np.frombuffer(b"".join(blobs), dtype=np.float64).reshape(-1, 3)
         rec_start = np.zeros(self.n, dtype=np.int64)
         np.cumsum(counts[:-1], out=rec_start[1:])
         self.rec_start = rec_start
-        if all(t is None for t in tables):
+        if tables is None or all(t is None for t in tables):
             self.simple = True
             ring_start, ring_len = rec_start, counts
             ring_rec = ring_poly = np.arange(self.n)
@@ -84,7 +91,7 @@ class PolySet:
         if nv:
             nxt[ring_start + ring_len - 1] = ring_start
         self.A, self.B = self.V, self.V[nxt]
-        self.N, _ = _normalize(np.cross(self.A, self.B))
+        self.N, _ = _normalize(_cross(self.A, self.B))
         self.edge_ring = np.repeat(np.arange(len(ring_start)), ring_len)
         self.edge_rec = ring_rec[self.edge_ring]
         # reference edge of each ring: its first; M its midpoint, N points inside
@@ -95,8 +102,9 @@ class PolySet:
     @classmethod
     def from_packed(cls, blobs: Sequence[bytes]) -> "PolySet":
         """From `cohort.store.geo.Footprint.packed` blobs."""
-        if all(len(b) % 24 == 0 for b in blobs):
-            return cls(blobs, [None] * len(blobs))
+        lens = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+        if not (lens % 24).any():
+            return cls(blobs)
         coords, tables = [], []
         for b in blobs:
             if len(b) % 24 == 0:
@@ -139,7 +147,7 @@ class PolySet:
         if nring == 0:
             return np.zeros(self.n, dtype=bool)
         side = self.Nref @ p
-        pm, pmn = _normalize(np.cross(p[None, :], self.M))
+        pm, pmn = _normalize(_cross(p[None, :], self.M))
         er = self.edge_ring
         pme = pm[er]
         s_c, s_d = _rows_dot(pme, self.A), _rows_dot(pme, self.B)
@@ -174,8 +182,8 @@ class PolySet:
         if self.n == 0:
             return np.zeros(0)
         A, B, N = self.A, self.B, self.N
-        ua = _rows_dot(np.cross(N, A), np.broadcast_to(p, A.shape))
-        ub = _rows_dot(np.cross(B, N), np.broadcast_to(p, A.shape))
+        ua = _rows_dot(_cross(N, A), np.broadcast_to(p, A.shape))
+        ub = _rows_dot(_cross(B, N), np.broadcast_to(p, A.shape))
         perp = np.arcsin(np.minimum(1.0, np.abs(N @ p)))
         da = 2 * np.arcsin(np.minimum(1.0, np.sqrt(((A - p) ** 2).sum(1)) / 2))
         db = 2 * np.arcsin(np.minimum(1.0, np.sqrt(((B - p) ** 2).sum(1)) / 2))
@@ -200,7 +208,7 @@ class PolySet:
             A, B, N = self.A[s:s + n], self.B[s:s + n], self.N[s:s + n]
             m, nref = self.M[r], self.Nref[r]
             side = P @ nref
-            pm, pmn = _normalize(np.cross(P, m[None, :]))
+            pm, pmn = _normalize(_cross(P, m[None, :]))
             s_c, s_d = pm @ A.T, pm @ B.T
             t_p, t_m = P @ N.T, (N @ m)[None, :]
             clear = (((s_c > EPS) & (s_d > EPS)) | ((s_c < -EPS) & (s_d < -EPS))
@@ -247,11 +255,18 @@ class PolySet:
         """Does each footprint intersect (or touch) the one-footprint set `region`?"""
         if self.n == 0:
             return np.zeros(0, dtype=bool)
-        ii, qq = _cap_pairs(_caps(self.A, self.B), _caps(region.A, region.B))
-        meet = _pairs_meet(self.A[ii], self.B[ii], self.N[ii], region.A[qq], region.B[qq],
-                           region.N[qq])
         edge_hit = np.zeros(len(self.A), dtype=bool)
-        edge_hit[ii[meet]] = True
+        if len(region.A) <= 64:   # every pair, as matrix products
+            step = max(1, (1 << 20) // len(region.A))
+            for lo in range(0, len(self.A), step):
+                sl = slice(lo, lo + step)
+                edge_hit[sl] = _edges_meet(self.A[sl], self.B[sl], self.N[sl], region.A,
+                                           region.B, region.N)
+        else:                     # a big region: only pairs whose caps overlap
+            ii, qq = _cap_pairs(_caps(self.A, self.B), _caps(region.A, region.B))
+            meet = _pairs_meet(self.A[ii], self.B[ii], self.N[ii], region.A[qq],
+                               region.B[qq], region.N[qq])
+            edge_hit[ii[meet]] = True
         out = np.zeros(self.n, dtype=bool)
         out[self.edge_rec[edge_hit]] = True
         # no boundary contact: one inside the other?
@@ -294,6 +309,19 @@ def _cap_pairs(cap1, cap2) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ii), np.concatenate(jj)
 
 
+def _edges_meet(A, B, N, C, D, NQ) -> np.ndarray:
+    """For each edge AB (unit normal N): does it cross or touch any edge CD (NQ)?"""
+    s_c, s_d = N @ C.T, N @ D.T
+    t_a, t_b = A @ NQ.T, B @ NQ.T
+    hit = (s_c * s_d < 0) & (t_a * t_b < 0) & (s_c * t_b > 0)
+    near = ((np.abs(s_c) < EPS) | (np.abs(s_d) < EPS)
+            | (np.abs(t_a) < EPS) | (np.abs(t_b) < EPS)) & ~hit
+    ii, qq = np.nonzero(near)
+    if len(ii):
+        hit[ii, qq] = _pairs_meet(A[ii], B[ii], N[ii], C[qq], D[qq], NQ[qq])
+    return hit.any(1)
+
+
 def _pairs_meet(A, B, N, C, D, NQ) -> np.ndarray:
     """Row by row: does arc AB (unit normal N) cross or touch arc CD (NQ)?"""
     s_c, s_d = _rows_dot(N, C), _rows_dot(N, D)
@@ -304,8 +332,8 @@ def _pairs_meet(A, B, N, C, D, NQ) -> np.ndarray:
     k = np.flatnonzero(near)
     if len(k):
         n, nq = N[k], NQ[k]
-        UA, UB = np.cross(n, A[k]), np.cross(B[k], n)
-        UAq, UBq = np.cross(nq, C[k]), np.cross(D[k], nq)
+        UA, UB = _cross(n, A[k]), _cross(B[k], n)
+        UAq, UBq = _cross(nq, C[k]), _cross(D[k], nq)
 
         def on(p, u1, u2, sv):
             return (np.abs(sv) < EPS) & (_rows_dot(p, u1) >= -EPS) & (_rows_dot(p, u2) >= -EPS)
@@ -318,7 +346,7 @@ def ring_self_crossing(xyz: Sequence[Sequence[float]]) -> bool:
     """Do two non-adjacent edges of the ring (unit vectors) cross strictly?"""
     A = np.asarray(xyz, dtype=np.float64)
     B = np.roll(A, -1, axis=0)
-    N, _ = _normalize(np.cross(A, B))
+    N, _ = _normalize(_cross(A, B))
     n = len(A)
     cap = _caps(A, B)
     i, j = _cap_pairs(cap, cap)
