@@ -537,16 +537,22 @@ def open(url: str | os.PathLike | None = None, **options) -> ObjectStore:
         raise StoreError(f"unknown store option(s) {sorted(options)} for {canonical}")
     try:
         cfg = read_config(root)
-        pols, new = _pol.resolve(cfg.get("policies"), given)
-        if new or not cfg:
-            fresh = read_config(root)  # read-modify-write, as late as possible
-            fresh.setdefault("version", 1)
-            fresh.setdefault("policies", {}).update(new)
-            root.put_key(CONFIG_KEY, json.dumps(fresh, indent=1, sort_keys=True).encode())
     except CohortError:
         raise
     except Exception as e:
         raise StoreError(f"cannot open store {canonical}: {e}") from e
+    pols, new = _pol.resolve(cfg.get("policies"), given)
+    if new or not cfg:
+        try:
+            fresh = read_config(root)  # read-modify-write, as late as possible
+            fresh.setdefault("version", 1)
+            fresh.setdefault("policies", {}).update(new)
+            root.put_key(CONFIG_KEY, json.dumps(fresh, indent=1, sort_keys=True).encode())
+        except Exception as e:
+            if new:  # other processes would not know these policies
+                raise StoreError(f"cannot record policies {sorted(new)} in {canonical}/"
+                                 f"{CONFIG_KEY}: {e}") from e
+            log.warning("could not write %s/%s (read-only?): %s", canonical, CONFIG_KEY, e)
     algo = checksum or cfg.get("checksum") or DEFAULT_ALGO
     if algo not in ALGOS:
         raise StoreError(f"unknown checksum {algo!r}: choose one of {', '.join(ALGOS)}")

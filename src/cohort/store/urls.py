@@ -60,7 +60,7 @@ def open_root(url: str, options: dict) -> tuple[Location, str]:
         except OSError as e:
             raise StoreError(f"cannot create the store folder {path}: {e}") from e
         root = FileLocation(path, fsync=bool(fsync))
-        return root, "file://" + str(path) + ("?fsync=1" if fsync else "")
+        return root, path.as_uri() + ("?fsync=1" if fsync else "")
     scheme = url.split("://", 1)[0]
     raise StoreError(f"unsupported store URL {url!r} (scheme {scheme!r}): use "
                      "file:///path/to/folder or s3://bucket/prefix")
