@@ -632,3 +632,24 @@ def test_s3_wrong_credentials_are_refused(rgw):
                     secret_key=rgw.secret_key)
     assert "secret" not in s2.url and "endpoint_url=" in s2.url  # keys given as keywords do not
     assert s2.get(s.put(b"signed")).data == b"signed"
+
+
+@pytest.mark.parametrize("algo", ["sha256", "blake2b", "crc32"])
+def test_checksum_algorithms_detect_corruption(backend, algo):
+    s = store.open(backend.url, checksum=algo)
+    data = _payload(5 * MiB, 8)
+    oid = s.put(data, policy="replicate")
+    assert s.stat(oid).checksum.startswith(f"{algo}-blocks:")
+    _corrupt(backend, "c1", oid, at=4 * MiB + 1)
+    _corrupt(backend, "c0", oid, at=4 * MiB + 2)  # both copies bad in the same block
+    with pytest.raises(CorruptObject):
+        s.get(oid)
+    with s.create_get_stream(oid) as r:  # the first block is fine in both
+        assert r.read(4 * MiB) == data[:4 * MiB]
+        with pytest.raises(CorruptObject):
+            r.read(1)
+    other = store.open(s.url)  # objects carry their algorithm; the reader's default differs
+    oid2 = s.put(data)
+    assert other.get(oid2).data == data
+    with pytest.raises(StoreError, match="unknown checksum"):
+        store.open(backend.url, checksum="md5")

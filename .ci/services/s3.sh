@@ -24,5 +24,5 @@ if ! apt-cache show radosgw > /dev/null 2>&1; then
 fi
 # ~61 MB download; ceph-mon brings monmaptool and ceph-authtool, ceph-common the `ceph` CLI
 $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends \
-    radosgw ceph-mon ceph-osd ceph-common uuid-runtime
+    radosgw ceph-mon ceph-osd ceph-common
 have
