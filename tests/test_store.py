@@ -30,26 +30,28 @@ MiB = 1 << 20
 
 # --- fixtures ---------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def rgw():
-    """A private radosgw for the session (environment points boto3 and cohort at it)."""
+def rgw_server():
+    """A private radosgw for the session."""
     if os.environ.get("COHORT_SKIP_S3") == "1":
         pytest.skip("COHORT_SKIP_S3=1")
     missing = s3helper.missing_binaries()
     if missing:
         pytest.fail(s3helper.MISSING.format(missing=", ".join(missing)))
     gw = s3helper.RadosGW().start()
-    saved = {k: os.environ.get(k) for k in gw.env()}
-    os.environ.update(gw.env())
     try:
-        gw.make_bucket("cohort-warmup")  # the first bucket operation is slow
+        gw.make_bucket("cohort-test")  # the first bucket operation is slow
         yield gw
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         gw.stop()
+
+
+@pytest.fixture
+def rgw(rgw_server, monkeypatch):
+    """The session's radosgw, with COHORT_S3_ENDPOINT and AWS_* keys set for this test
+    (worker processes inherit them)."""
+    for k, v in rgw_server.env().items():
+        monkeypatch.setenv(k, v)
+    return rgw_server
 
 
 class Backend:
