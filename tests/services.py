@@ -50,14 +50,19 @@ def check_slurm() -> None:
         pytest.skip("Slurm tests skipped (COHORT_SKIP_SLURM=1)")
     if not shutil.which("sbatch") or not shutil.which("sinfo"):
         missing("slurm", "no sbatch/sinfo on PATH")
-    try:
-        r = _run("sinfo -h -o %T")
-    except subprocess.TimeoutExpired:
-        missing("slurm", "sinfo did not answer within 20 s (slurmctld down?)")
-    states = r.stdout.split()
-    if r.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed", "allocated")
-                                    for s in states):
-        missing("slurm", f"no usable node (sinfo: {r.stdout.strip() or r.stderr.strip()})")
+    deadline = time.monotonic() + 30  # a node still "completing" the last test's job is busy, not gone
+    while True:
+        try:
+            r = _run("sinfo -h -o %T")
+        except subprocess.TimeoutExpired:
+            missing("slurm", "sinfo did not answer within 20 s (slurmctld down?)")
+        states = [s.rstrip("*~#") for s in r.stdout.split()]
+        if r.returncode == 0 and any(s in ("idle", "mixed", "allocated") for s in states):
+            return
+        if r.returncode != 0 or time.monotonic() > deadline or not any(
+                s in ("completing",) for s in states):
+            missing("slurm", f"no usable node (sinfo: {r.stdout.strip() or r.stderr.strip()})")
+        time.sleep(0.5)
 
 
 def check_sge() -> None:
