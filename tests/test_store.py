@@ -569,6 +569,14 @@ def test_file_fast_paths(s, backend, tmp_path):
     src.write_bytes(data)
     oid = s.put_file(src, policy="replicate", meta={"name": "src.bin"})
     assert s.get(oid).data == data and s.stat(oid).meta == {"name": "src.bin"}
+    assert backend.read("c1", data_key(oid)) == data  # the second copy too
+    with open(src, "rb") as f, s.create_put_stream(policy="copy3") as w3:
+        w3.writefile(f, length=MiB)
+        w3.write(b"+")
+        w3.writefile(f)
+    assert all(backend.read(f"c{i}", data_key(w3.oid)) == data[:MiB] + b"+" + data[MiB:]
+               for i in range(3))
+    assert s.fsck().ok
     with open(src, "rb") as f, s.create_put_stream() as w:
         f.seek(10)
         w.write(b"head")

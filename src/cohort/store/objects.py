@@ -288,11 +288,12 @@ class ObjectStore:
         locs = [self._loc(r) for r in pol.roots]
         claimed = [False]
 
-        def finish(cs: Checksum) -> None:
+        def finish(cs: Checksum, done: list[Location]) -> None:
             rec = self._record(oid, pol, cs, meta)
             try:
-                if len(locs) > 1:
-                    run_all([functools.partial(loc.copy_data, locs[0], oid) for loc in locs[1:]])
+                todo = [loc for loc in locs[1:] if loc not in done]
+                if todo:
+                    run_all([functools.partial(loc.copy_data, locs[0], oid) for loc in todo])
                 run_all([functools.partial(loc.write_record, oid, rec) for loc in locs])
             except BaseException:
                 self._scrub(oid, locs)
@@ -308,7 +309,8 @@ class ObjectStore:
         try:
             for loc in locs:
                 loc.ensure()
-            return PutStream(oid, locs[0], self.checksum, self.block, finish, cancel)
+            return PutStream(oid, locs[0], self.checksum, self.block, finish, cancel,
+                             replicas=locs[1:])
         except BaseException:
             cancel()
             raise

@@ -59,11 +59,14 @@ class PutStream(io.RawIOBase):
     mode = "wb"
 
     def __init__(self, oid: str, primary: Location, algo: str, block: int,
-                 finish: Callable[[Checksum], None], cancel: Callable[[], None]):
+                 finish: Callable[[Checksum, list], None], cancel: Callable[[], None],
+                 replicas: list[Location] = ()):
         super().__init__()
         self.oid = oid
         self.name = oid
         self._finish, self._cancel = finish, cancel
+        self._replicas = list(replicas)
+        self._tee: list = []  # writers of replicas written alongside (file fast path)
         self._hasher = BlockHasher(algo, block)
         self._size = 0
         self._state = "new"
@@ -106,6 +109,8 @@ class PutStream(io.RawIOBase):
             else:
                 self._hasher.update(mv)
                 self._w.write(mv)
+            for w in self._tee:
+                w.write(mv)
         except BaseException:
             self.abort()
             raise
@@ -134,10 +139,15 @@ class PutStream(io.RawIOBase):
             end = min(end, start + max(0, length))
         windows = _Windows(fd, start, end)
         try:
+            if (self._size == 0 and not self._tee and self._replicas and end > start
+                    and all(hasattr(loc, "root") for loc in self._replicas)):
+                # file replicas: copy the source into every copy at once (no copy-back)
+                self._tee = [loc.writer(self.oid) for loc in self._replicas]
             for pos, n, m in windows:
                 with m as mv:
                     jobs = self._hasher.plan(mv)
                     futs = [hash_pool().submit(job) for job in jobs]
+                    futs += [io_pool().submit(w.copy_from_fd, fd, pos, n) for w in self._tee]
                     del jobs
                     try:
                         copy(fd, pos, n)
@@ -181,9 +191,13 @@ class PutStream(io.RawIOBase):
             try:
                 checksum = self._hasher.finish()
                 self._w.commit()
-                self._finish(checksum)
+                for w in self._tee:
+                    w.commit()
+                self._finish(checksum, self._replicas if self._tee else [])
             except BaseException:
                 self._state = "failed"
+                for w in self._tee:
+                    w.abort()
                 self._cancel()
                 raise
             self._state = "committed"
@@ -195,6 +209,8 @@ class PutStream(io.RawIOBase):
             self._state = "aborted"
             try:
                 self._w.abort()
+                for w in self._tee:
+                    w.abort()
             finally:
                 self._cancel()
         super().close()
