@@ -191,6 +191,7 @@ class ObjectStore:
         cs = compute(data, self.checksum, self.block)
         rec = self._record(oid, policy, cs, meta)
         locs = [self._loc(r) for r in policy.roots]
+
         def copy(loc: Location):
             def run():
                 loc.ensure()
