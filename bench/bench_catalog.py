@@ -194,7 +194,8 @@ def main() -> None:
             results["sqlite"] = run_queries(cat, queries)
     if "postgis" in backends:
         from pg import PostgresServer
-        with PostgresServer() as server:
+        # a server sized for the data, as a site would run it
+        with PostgresServer(settings={"shared_buffers": "1GB", "work_mem": "64MB"}) as server:
             with store.catalog(server.url) as cat:
                 ingest_s["postgis"] = ingest(cat, args.n)
                 print(f"postgis: {len(cat)} footprints ingested in {ingest_s['postgis']:.1f} s",

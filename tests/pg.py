@@ -46,8 +46,9 @@ class PostgresServer:
     password = "cohort-test-pw"
     dbname = "cohort_test"
 
-    def __init__(self, bindir: Path | None = None):
+    def __init__(self, bindir: Path | None = None, settings: dict | None = None):
         self.bindir = bindir or find_bindir()
+        self.settings = dict(settings or {})  # extra server settings (-c name=value)
         if self.bindir is None:
             raise RuntimeError(MISSING)
         self.port = 0
@@ -89,6 +90,7 @@ class PostgresServer:
         self.port = _free_port()
         opts = (f"-h 127.0.0.1 -p {self.port} -k {self.tmp} -F "
                 "-c full_page_writes=off -c synchronous_commit=off")
+        opts += "".join(f" -c {k}={v}" for k, v in self.settings.items())
         self._run("pg_ctl", "-D", str(data), "-l", str(self.tmp / "server.log"),
                   "-o", opts, "-w", "-t", "60", "start")
         import psycopg

@@ -34,20 +34,22 @@ def postgis_url(pg_server):
     return pg_server.url
 
 
-def _fresh_pg(url: str, table: str = "cohort_catalog"):
+def _fresh_pg(url: str, table: str = "cohort_catalog", exact: str = "postgis"):
     import psycopg
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_meta")
-    return store.catalog(url)
+    return store.catalog(url, table=table, exact=exact)
 
 
-@pytest.fixture(params=["sqlite", "postgis"])
+@pytest.fixture(params=["sqlite", "postgis", "postgis-client"])
 def cat(request, tmp_path):
-    """An empty catalog on each backend."""
+    """An empty catalog on each backend (PostGIS deciding footprints on the
+    server, or in numpy here)."""
     if request.param == "sqlite":
         c = store.catalog(f"sqlite://{tmp_path}/cat.db")
     else:
-        c = _fresh_pg(request.getfixturevalue("postgis_url"))
+        c = _fresh_pg(request.getfixturevalue("postgis_url"),
+                      exact="client" if request.param == "postgis-client" else "postgis")
     yield c
     c.close()
 
@@ -337,6 +339,7 @@ def test_sqlite_and_postgis_agree_on_random_footprints(tmp_path, postgis_url):
                      "source": rng.choice(("MERIS", "OLCI", "MODIS"))})
     lite = store.catalog(tmp_path / "agree.db")
     pg = _fresh_pg(postgis_url)
+    pgc = store.catalog(postgis_url, exact="client")   # the same table, decided in numpy
     try:
         lite.add_many(recs)
         pg.add_many(recs)
@@ -374,6 +377,9 @@ def test_sqlite_and_postgis_agree_on_random_footprints(tmp_path, postgis_url):
             a, b = oids(lite.query(**q)), oids(pg.query(**q))
             assert a == b, f"query {k} {q}: sqlite-only {sorted(set(a) - set(b))}, " \
                            f"postgis-only {sorted(set(b) - set(a))}"
+            assert oids(pgc.query(**q)) == a, f"query {k} {q}: postgis client-side exact"
+            if k % 10 == 0:
+                assert lite.count(**q) == pg.count(**q) == pgc.count(**q) == len(a)
             checked += 1
             hits += len(a)
         assert hits > 300   # the queries were not all empty
@@ -383,3 +389,4 @@ def test_sqlite_and_postgis_agree_on_random_footprints(tmp_path, postgis_url):
     finally:
         lite.close()
         pg.close()
+        pgc.close()

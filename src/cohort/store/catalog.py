@@ -334,6 +334,28 @@ def make_query(intersects: Any = None, within_km: Any = None, time: Any = None,
     return q
 
 
+def spatial_mask(q: Query, blobs: list[bytes]) -> list[bool]:
+    """The exact spatial test of `q` on packed footprints (`Footprint.packed`):
+    intersects the region and / or within the distance of the point."""
+    from .geoset import PolySet
+    if not blobs:
+        return []
+    ps = PolySet.from_packed(blobs)
+    mask = None
+    if q.region is not None:
+        mask = ps.intersects(q.region.polyset())
+    if q.point is not None:
+        near = ps.distance(q.point_xyz) <= q.point[2] * (1 + 1e-12)
+        mask = near if mask is None else mask & near
+    return mask.tolist()
+
+
+def result_order(rec: Record) -> tuple:
+    """Results order: start time (none last), then oid (code points, as SQL's
+    binary / "C" collation)."""
+    return (rec._t0 is None, rec._t0 or 0, rec.oid)
+
+
 # --- the catalog --------------------------------------------------------------
 
 class Catalog:
@@ -470,11 +492,16 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def catalog(url: str | Path | None = None, *, profile: str | None = None) -> Catalog:
+def catalog(url: str | Path | None = None, *, profile: str | None = None,
+            table: str = "cohort_catalog", exact: str = "postgis") -> Catalog:
     """Open (creating if needed) a catalog.
 
     None: ``catalog.db`` (SQLite) in the profile folder; ``sqlite:///path``
-    or a file path: SQLite; ``postgresql://...``: PostgreSQL with PostGIS.
+    or a file path: SQLite; ``postgresql://...``: PostgreSQL with PostGIS, in
+    `table`, deciding footprints exactly with PostGIS (``exact="postgis"``:
+    ``ST_Intersects``/``ST_DWithin`` on the server) or here (``"client"``: the
+    GIST index finds candidates, numpy decides them as the SQLite backend
+    does — several times faster for queries with many candidates).
     """
     if url is None:
         from ..profile import profile_dir
@@ -482,7 +509,7 @@ def catalog(url: str | Path | None = None, *, profile: str | None = None) -> Cat
     url = str(url)
     if url.startswith(("postgresql://", "postgres://")):
         from .catalog_pg import PostgisCatalog
-        return PostgisCatalog(url)
+        return PostgisCatalog(url, table=table, exact=exact)
     if url.startswith("sqlite://"):
         path = url[len("sqlite://"):]
         if not path or path == "/":
@@ -503,8 +530,8 @@ class _CallableModule(types.ModuleType):
     Record``) leaves ``store.catalog`` bound to the module, so calling the
     module opens a catalog as well."""
 
-    def __call__(self, url: str | Path | None = None, *, profile: str | None = None) -> Catalog:
-        return catalog(url, profile=profile)
+    def __call__(self, url: str | Path | None = None, **options: Any) -> Catalog:
+        return catalog(url, **options)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -3,10 +3,14 @@
 One table (default ``cohort_catalog``): footprints as ``geography`` (SRID 4326,
 polygon or multipolygon), times as ``timestamptz``, ``extra`` as ``jsonb``.
 Indexes: GIST on ``(geog, tstzrange(t0, t1, '[]'))`` — space and time in one
-index —, B-trees on ``oid`` (unique), ``t0``, ``(source, t0)``, ``orbit``, and
+index —, B-trees on ``oid`` (unique), ``t0``, ``(source, orbit)``, ``orbit``, and
 GIN on ``extra``. Intersections are ``ST_Intersects(geography, geography)``;
 distances ``ST_DWithin(..., use_spheroid => false)``: on the sphere of radius
-6371.0088 km, like the SQLite backend. The database needs the PostGIS
+6371.0088 km, like the SQLite backend. With ``exact="client"`` the GIST
+index's box tests pick candidates and numpy decides them (`spatial_mask`, the
+SQLite backend's exact test, kept beside in ``geom``): PostGIS's geography
+predicates cost tens of microseconds a row, which dominates queries with
+hundreds of candidates. The database needs the PostGIS
 extension (``CREATE EXTENSION postgis``, done here when the user may).
 """
 
@@ -18,13 +22,13 @@ import re
 import threading
 
 from ..errors import CatalogError
-from .catalog import Catalog, Query, Record, Row, from_us
+from .catalog import Catalog, Query, Record, Row, from_us, result_order, spatial_mask
 from .geo import EARTH_RADIUS_KM
 
 log = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
-_COLS = "oid, filename, source, version, t0, t1, orbit, footprint, extra"
+_COLS = "oid, filename, source, version, t0, t1, orbit, footprint, geog, geom, extra"
 # what a query returns: times as microseconds, extra as text (both decoded lazily)
 _OUT = ("oid, filename, source, version, (extract(epoch FROM t0) * 1000000)::bigint, "
         "(extract(epoch FROM t1) * 1000000)::bigint, orbit, footprint, extra::text")
@@ -33,7 +37,7 @@ _OUT = ("oid, filename, source, version, (extract(epoch FROM t0) * 1000000)::big
 class PostgisCatalog(Catalog):
     """The catalog in a PostgreSQL database with PostGIS."""
 
-    def __init__(self, url: str, table: str = "cohort_catalog"):
+    def __init__(self, url: str, table: str = "cohort_catalog", exact: str = "postgis"):
         try:
             import psycopg
         except ImportError:
@@ -42,6 +46,9 @@ class PostgisCatalog(Catalog):
         self._psycopg = psycopg
         if not _IDENT.match(table):
             raise CatalogError(f"bad table name {table!r}")
+        if exact not in ("postgis", "client"):
+            raise CatalogError(f"exact is 'postgis' or 'client', not {exact!r}")
+        self.exact = exact
         self.t = table
         self.url = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
         try:
@@ -68,9 +75,10 @@ class PostgisCatalog(Catalog):
                 CREATE TABLE IF NOT EXISTS {t} (
                     id bigserial PRIMARY KEY, oid text NOT NULL UNIQUE, filename text,
                     source text, version text, t0 timestamptz, t1 timestamptz, orbit bigint,
-                    footprint text, geog geography(Geometry, 4326),
+                    footprint text, geog geography(Geometry, 4326), geom bytea,
                     extra jsonb NOT NULL DEFAULT '{{}}',
                     CHECK (t0 <= t1))""")
+            c.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS geom bytea")
             c.execute(f"CREATE TABLE IF NOT EXISTS {t}_meta (key text PRIMARY KEY, "
                       "value bigint)")
             self._indexes(c)
@@ -80,7 +88,7 @@ class PostgisCatalog(Catalog):
         c.execute(f"CREATE INDEX IF NOT EXISTS {t}_geog_time ON {t} "
                   "USING gist (geog, tstzrange(t0, t1, '[]'))")
         c.execute(f"CREATE INDEX IF NOT EXISTS {t}_t0 ON {t} (t0)")
-        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_source ON {t} (source, t0)")
+        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_source ON {t} (source, orbit)")
         c.execute(f"CREATE INDEX IF NOT EXISTS {t}_orbit ON {t} (orbit)")
         c.execute(f"CREATE INDEX IF NOT EXISTS {t}_extra ON {t} USING gin (extra jsonb_path_ops)")
 
@@ -100,13 +108,14 @@ class PostgisCatalog(Catalog):
     _UPSERT = """ON CONFLICT (oid) DO UPDATE SET filename = EXCLUDED.filename,
         source = EXCLUDED.source, version = EXCLUDED.version, t0 = EXCLUDED.t0,
         t1 = EXCLUDED.t1, orbit = EXCLUDED.orbit, footprint = EXCLUDED.footprint,
-        geog = EXCLUDED.geog, extra = EXCLUDED.extra"""
+        geog = EXCLUDED.geog, geom = EXCLUDED.geom, extra = EXCLUDED.extra"""
 
     @staticmethod
     def _values(r: Row) -> tuple:
-        wkt = r.footprint.wkt if r.footprint is not None else None
+        fp = r.footprint
+        wkt = fp.wkt if fp is not None else None
         return (r.oid, r.filename, r.source, r.version, from_us(r.t0), from_us(r.t1), r.orbit,
-                wkt, wkt, json.dumps(r.extra))
+                wkt, wkt, fp.packed() if fp is not None else None, json.dumps(r.extra))
 
     def _update_span(self, c, span: int) -> None:
         c.execute(f"INSERT INTO {self.t}_meta VALUES ('max_span', %s) ON CONFLICT (key) "
@@ -123,8 +132,8 @@ class PostgisCatalog(Catalog):
             try:
                 with c.transaction():
                     c.cursor().executemany(
-                        f"INSERT INTO {self.t} ({_COLS.replace('extra', 'geog, extra')}) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::geography, %s::jsonb) "
+                        f"INSERT INTO {self.t} ({_COLS}) VALUES "
+                        "(%s, %s, %s, %s, %s, %s, %s, %s, %s::geography, %s, %s::jsonb) "
                         + self._UPSERT, [self._values(r) for r in rows])
                     self._update_span(c, span)
             except self._psycopg.Error as e:
@@ -135,7 +144,7 @@ class PostgisCatalog(Catalog):
         (the last of each oid), in one transaction; into an empty table, the
         indexes are dropped first and built after the data."""
         t = self.t
-        cols = "oid, filename, source, version, t0, t1, orbit, footprint, geog, extra"
+        cols = _COLS
         with self._lock:
             c = self._db()
             try:
@@ -145,7 +154,7 @@ class PostgisCatalog(Catalog):
                     c.execute(f"""CREATE TEMP TABLE {t}_load (seq bigserial, oid text,
                         filename text, source text, version text, t0 timestamptz,
                         t1 timestamptz, orbit bigint, footprint text, geog geography,
-                        extra jsonb) ON COMMIT DROP""")
+                        geom bytea, extra jsonb) ON COMMIT DROP""")
                     span = 0
                     with c.cursor().copy(f"COPY {t}_load ({cols}) FROM STDIN") as cp:
                         for rows in batches:
@@ -176,15 +185,20 @@ class PostgisCatalog(Catalog):
     # -- reading --
 
     def _where(self, q: Query) -> tuple[list[str], list]:
+        """SQL conditions and parameters; in "client" mode the spatial ones are
+        only the GIST index's box tests (candidates for `spatial_mask`)."""
         conds: list[str] = []
         params: list = []
+        client = self.exact == "client"
         if q.region is not None:
-            conds.append("ST_Intersects(geog, ST_GeogFromText(%s))")
+            conds.append("geog && ST_GeogFromText(%s)" if client else
+                         "ST_Intersects(geog, ST_GeogFromText(%s))")
             params.append(q.region.wkt)
         if q.point is not None:
             lat, lon, rad = q.point
-            conds.append("ST_DWithin(geog, ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography, "
-                         "%s, false)")
+            point = "ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography"
+            conds.append(f"geog && _ST_Expand({point}, %s)" if client else
+                         f"ST_DWithin(geog, {point}, %s, false)")
             params += [lon, lat, rad * EARTH_RADIUS_KM * 1000.0]
         if q.timed:
             lo, hi = from_us(q.t0), from_us(q.t1)
@@ -223,8 +237,23 @@ class PostgisCatalog(Catalog):
             conds.append("(" + " OR ".join(alts or ["false"]) + ")")
         return conds, params
 
+    def _client_exact(self, q: Query, cols: str) -> list[tuple]:
+        """Rows (``geom, *cols``) of the GIST candidates that `spatial_mask` keeps."""
+        conds, params = self._where(q)
+        sql = f"SELECT geom{cols} FROM {self.t} WHERE " + " AND ".join(conds)
+        try:
+            rows = self._db().execute(sql, params).fetchall()
+        except self._psycopg.Error as e:
+            raise CatalogError(f"catalog query failed: {e}") from e
+        mask = spatial_mask(q, [r[0] for r in rows])
+        return [r for r, m in zip(rows, mask) if m]
+
     def _select(self, q: Query) -> list[Record]:
         with self._lock:
+            if q.spatial and self.exact == "client":
+                out = [Record.from_row(*r[1:]) for r in self._client_exact(q, ", " + _OUT)]
+                out.sort(key=result_order)
+                return out if q.limit is None else out[:q.limit]
             conds, params = self._where(q)
             sql = f"SELECT {_OUT} FROM {self.t}"
             if conds:
@@ -240,6 +269,8 @@ class PostgisCatalog(Catalog):
 
     def _count(self, q: Query) -> int:
         with self._lock:
+            if q.spatial and self.exact == "client":
+                return len(self._client_exact(q, ""))
             conds, params = self._where(q)
             sql = f"SELECT count(*) FROM {self.t}"
             if conds:

@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 from ..errors import CatalogError
-from .catalog import Catalog, Query, Record, Row
+from .catalog import Catalog, Query, Record, Row, result_order, spatial_mask
 from .geo import cap_boxes
 
 log = logging.getLogger(__name__)
@@ -227,25 +227,16 @@ class SqliteCatalog(Catalog):
         for w, e, s, n in boxes:
             for row in c.execute(sql, (e, w, n, s, hi, lo, *params)):
                 cands[row[0]] = row
-        if not cands:
-            return []
-        from .geoset import PolySet
         rows = list(cands.values())
-        ps = PolySet.from_packed([r[1] for r in rows])
-        mask = None
-        if q.region is not None:
-            mask = ps.intersects(q.region.polyset())
-        if q.point is not None:
-            near = ps.distance(q.point_xyz) <= q.point[2] * (1 + 1e-12)
-            mask = near if mask is None else mask & near
-        return [r for r, m in zip(rows, mask.tolist()) if m]
+        mask = spatial_mask(q, [r[1] for r in rows])
+        return [r for r, m in zip(rows, mask) if m]
 
     def _select(self, q: Query) -> list[Record]:
         with self._lock:
             c = self._db()
             if q.spatial:
                 out = [Record.from_row(*r[2:]) for r in self._spatial(c, q, ", " + _COLS)]
-                out.sort(key=_order)
+                out.sort(key=result_order)
                 return out if q.limit is None else out[:q.limit]
             conds, params = where(q, self._max_span(c))
             sql = f"SELECT {_COLS} FROM records r"
@@ -266,8 +257,3 @@ class SqliteCatalog(Catalog):
             if conds:
                 sql += " WHERE " + " AND ".join(conds)
             return c.execute(sql, params).fetchone()[0]
-
-
-def _order(rec: Record) -> tuple:
-    """Results order: start time (none last), then oid (as SQL orders them)."""
-    return (rec._t0 is None, rec._t0 or 0, rec.oid)
