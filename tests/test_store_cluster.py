@@ -71,3 +71,24 @@ def test_a_dangling_ref_fails_the_task_clearly(rc, objs):
     with pytest.raises(Exception) as info:
         rc[0].apply_sync(len, ref)
     assert "ObjectNotFound" in str(info.value) or oid in str(info.value)
+
+
+def test_engines_writing_and_reading_at_once_lose_nothing(rc, objs):
+    url = objs.url
+
+    def write_then_read(i):
+        import hashlib
+        from cohort import store as st
+        s = st.open(url)
+        data = hashlib.sha256(str(i).encode()).digest() * (1000 + i)
+        oid = s.put(st.Object(data=data, meta={"i": i}), policy="replicate")
+        back = s.get(oid)
+        return oid, back.data == data and back.meta["i"] == i
+
+    lv = rc.load_balanced_view()
+    out = lv.map(write_then_read, range(200), block=True)
+    assert all(ok for _, ok in out)
+    oids = [oid for oid, _ in out]
+    assert len(set(oids)) == 200
+    assert {info.oid for info in objs.ls()} == set(oids)
+    assert objs.fsck().ok
