@@ -8,6 +8,11 @@ signatures and implements multipart uploads for real. `start` creates an S3
 user (`access_key` / `secret_key`); `stop` kills every daemon it started by
 pid and deletes the folder.
 
+Fixtures (import them into a test module): ``rgw_server``, one radosgw for
+the session; ``rgw``, the same with ``COHORT_S3_ENDPOINT`` and ``AWS_*`` keys
+set in the environment for one test. Without the Ceph binaries they fail,
+saying how to install them, unless ``COHORT_SKIP_S3=1`` (then they skip).
+
 Pitfalls handled here: the monitor address must be given as an explicit msgr
 v1 address (a v2 address makes clients hunt forever); the beast frontend needs
 ``tcp_nodelay=1`` (without it every small GET waits ~40 ms on Nagle + delayed
@@ -250,3 +255,33 @@ rgw enable usage log = false
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+try:
+    import pytest
+except ImportError:  # the bench imports RadosGW without pytest
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture(scope="session")
+    def rgw_server():
+        """A private radosgw for the session, with a bucket "cohort-test"."""
+        if os.environ.get("COHORT_SKIP_S3") == "1":
+            pytest.skip("COHORT_SKIP_S3=1")
+        missing = missing_binaries()
+        if missing:
+            pytest.fail(MISSING.format(missing=", ".join(missing)))
+        gw = RadosGW().start()
+        try:
+            gw.make_bucket("cohort-test")  # the first bucket operation is slow
+            yield gw
+        finally:
+            gw.stop()
+
+    @pytest.fixture
+    def rgw(rgw_server, monkeypatch):
+        """The session's radosgw, with COHORT_S3_ENDPOINT and AWS_* keys set for this
+        test (worker processes inherit them)."""
+        for k, v in rgw_server.env().items():
+            monkeypatch.setenv(k, v)
+        return rgw_server

@@ -23,37 +23,12 @@ from cohort import store
 from cohort.errors import CorruptObject, ObjectExists, ObjectNotFound, StoreError
 from cohort.store.backend import data_key, record_key
 
-import s3 as s3helper
+from s3 import rgw, rgw_server  # noqa: F401  (fixtures)
 
 MiB = 1 << 20
 
 
 # --- fixtures ---------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def rgw_server():
-    """A private radosgw for the session."""
-    if os.environ.get("COHORT_SKIP_S3") == "1":
-        pytest.skip("COHORT_SKIP_S3=1")
-    missing = s3helper.missing_binaries()
-    if missing:
-        pytest.fail(s3helper.MISSING.format(missing=", ".join(missing)))
-    gw = s3helper.RadosGW().start()
-    try:
-        gw.make_bucket("cohort-test")  # the first bucket operation is slow
-        yield gw
-    finally:
-        gw.stop()
-
-
-@pytest.fixture
-def rgw(rgw_server, monkeypatch):
-    """The session's radosgw, with COHORT_S3_ENDPOINT and AWS_* keys set for this test
-    (worker processes inherit them)."""
-    for k, v in rgw_server.env().items():
-        monkeypatch.setenv(k, v)
-    return rgw_server
-
-
 class Backend:
     """How a test reaches behind the store's back (to corrupt or inspect copies)."""
 
