@@ -21,6 +21,7 @@ EPILOG = """examples:
   cohort start -n 4 --engines mpi       engines under mpiexec, sharing MPI.COMM_WORLD
   cohort start --engines slurm --nodes 2 --per-node 4 --walltime 00:30:00
   cohort job submit --service slurm:// ./solver case.json   a batch job, no cluster
+  cohort dashboard             a live web page of the running cluster (prints its URL)
 """
 
 
@@ -81,6 +82,13 @@ def cmd_start(args) -> int:
             print(f"engines ({g.kind}): {g.n}, {g.state()}")
     print(f"connection file: {cf}")
     print(f"logs: {cluster.log_dir}")
+    if args.dashboard:
+        from .dashboard import start_background
+        try:
+            print(f"dashboard: {start_background(cf, port=args.dashboard_port)}")
+        except (CohortError, OSError) as e:
+            print(f"cohort: the cluster runs, but its dashboard did not start: {e}",
+                  file=sys.stderr)
     return 0
 
 
@@ -91,6 +99,9 @@ def cmd_stop(args) -> int:
     cf = resolve_connection_file(None, args.profile)
     rec_path = folder / "cluster.json"
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+    from .dashboard import stop_background
+    if stop_background(cf, timeout=args.timeout):
+        print("dashboard stopped")
     info = None
     if cf.exists():
         try:
@@ -148,6 +159,10 @@ def cmd_status(args) -> int:
     except CohortError as e:
         state = "alive" if _controller_alive(info) else "not running"
         return _fail(f"the controller (pid {info.controller_pid}, {state}) does not answer: {e}")
+    from .dashboard import read_record
+    dash = read_record(cf)
+    if dash is not None:
+        st["dashboard_url"] = dash["url"]
     if args.json:
         print(json.dumps(st, indent=1))
         return 0
@@ -163,6 +178,8 @@ def cmd_status(args) -> int:
             print(f"  {e['id']:>4}  {e['host']:<20} {e['pid']:>8}  {e['state']:<6} "
                   f"{e['queue']:>6} {e['completed']:>8}{rank}")
     _print_groups(profile_dir(args.profile) / "cluster.json")
+    if dash is not None:
+        print(f"dashboard: {dash['url']}")
     return 0
 
 
@@ -357,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mpiexec", help="mpi: the mpiexec to use (default: mpiexec on PATH)")
     g.add_argument("--mpi", action="store_true",
                    help="batch: start the job's engines with mpiexec, sharing MPI.COMM_WORLD")
+    sp.add_argument("--dashboard", action="store_true",
+                    help="also serve the live web dashboard (in the background; `cohort stop` "
+                         "stops it; `cohort status` shows its URL)")
+    sp.add_argument("--dashboard-port", type=int, default=None,
+                    help="the dashboard's port (default 8787, or a free one if taken)")
 
     sp = add("stop", cmd_stop, "stop the cluster started by `cohort start`")
     sp.add_argument("--timeout", type=float, default=5, help="seconds before stragglers are killed (5)")
@@ -408,10 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run under mpiexec: engines share MPI.COMM_WORLD and take ids in rank order "
                          "(mpiexec -n 4 cohort engine --mpi --file F)")
     sp.add_argument("--log-level", default="INFO")
+    from .dashboard import add_dashboard_parser
     from .jobs.cli import add_job_parser
     from .store.cli import add_store_parsers
     add_job_parser(sub)
     add_store_parsers(sub)
+    add_dashboard_parser(sub)
     return p
 
 

@@ -50,7 +50,7 @@ class EngineRecord:
                 "state": self.state, "queue": len(self.queue) + len(self.inflight),
                 "completed": self.completed, "failed": self.failed,
                 "registered": self.registered, "shm": bool(self.info.get("shm")),
-                "mpi": self.info.get("mpi")}
+                "mpi": self.info.get("mpi"), "restart": bool(self.info.get("restart"))}
 
 
 class TaskRecord:
