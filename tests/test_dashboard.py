@@ -109,6 +109,22 @@ def test_outcomes():
     assert outcome("running", 1, None) == "running"
 
 
+def test_task_reader_before_any_task_and_bounded(tmp_path):
+    reader = TaskReader(tmp_path / "tasks.db")  # no database yet: empty, not an error
+    assert reader.counts() == {} and reader.window(0, 10) == [] and reader.failures(5) == []
+    from cohort.controller import taskdb
+    with taskdb.open(None, tmp_path / "tasks.db"):
+        pass
+    _insert_synthetic(tmp_path / "tasks.db", 1000, recent=100)
+    assert sum(reader.counts().values()) == 1000
+    assert len(reader.window(time.time() - 86_400, 50)) == 50
+    assert len(reader.window(time.time() - 31, 1000)) == 100
+    (f,) = reader.failures(1)
+    assert f["ename"] == "ValueError" and f["traceback"].startswith("Traceback")
+    assert reader.task(f["id"])["outcome"] == "error" and reader.task("nope") is None
+    reader.close()
+
+
 # --- the token --------------------------------------------------------------------------
 def test_requests_without_the_token_get_403(busy):
     cl, dash = busy

@@ -67,7 +67,9 @@
   }
 
   function drawSeries(svg, series, col, now) {
-    const w = svg.clientWidth || 400, h = svg.clientHeight || 120, pad = 28, span = 300;
+    const first = series.length ? series[0][0] : now;
+    const span = Math.min(300, Math.max(60, Math.ceil((now - first) / 30) * 30));  // grows to 5 min
+    const w = svg.clientWidth || 400, h = svg.clientHeight || 120, pad = 28;
     const pts = series.filter((p) => p[0] >= now - span);
     const max = Math.max(1, ...pts.map((p) => p[col]));
     const x = (t) => pad + (w - pad - 4) * (1 - (now - t) / span);
@@ -75,7 +77,7 @@
     let out = `<line class="grid" x1="${pad}" x2="${w}" y1="${y(0)}" y2="${y(0)}"/>` +
       `<line class="grid" x1="${pad}" x2="${w}" y1="${y(max)}" y2="${y(max)}"/>` +
       `<text x="2" y="${y(max) + 4}">${max >= 100 ? Math.round(max) : +max.toFixed(1)}</text>` +
-      `<text x="2" y="${y(0) + 4}">0</text><text x="${pad}" y="${h - 2}">-5 min</text>` +
+      `<text x="2" y="${y(0) + 4}">0</text><text x="${pad}" y="${h - 2}">-${span >= 120 ? span / 60 + " min" : span + " s"}</text>` +
       `<text x="${w - 30}" y="${h - 2}">now</text>`;
     if (pts.length > 1) {
       const d = pts.map((p, i) => (i ? "L" : "M") + x(p[0]).toFixed(1) + "," + y(p[col]).toFixed(1)).join("");
