@@ -29,3 +29,14 @@ __all__ = ["AsyncResult", "Client", "Cluster", "CohortError", "CompositeError", 
            "DirectView", "EngineError", "LoadBalancedView", "MapResult", "NoEnginesError", "Policy",
            "RemoteError", "TaskAborted", "TaskCancelled", "TaskTimeout", "TimeoutError",
            "connect", "errors"]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext cohort``: the ``%px`` magics (see docs/interactive.md)."""
+    from .client.magics import load_ipython_extension as load
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    from .client.magics import unload_ipython_extension as unload
+    unload(ipython)

@@ -116,6 +116,11 @@ class RemoteError(CohortError):
         return (type(self), (self.engine_id, self.ename, self.evalue,
                              self.traceback, self.task_id))
 
+    def _render_traceback_(self) -> list:
+        """IPython's hook: each engine's remote traceback, highlighted."""
+        from ._traceback import render_remote
+        return render_remote(self)
+
 
 class CompositeError(RemoteError):
     """Several engines failed in one call; `errors` holds each one's RemoteError."""

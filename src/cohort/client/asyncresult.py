@@ -68,6 +68,10 @@ class AsyncResult(Waiting, Future):
         self._headers: list = [None] * n
         self._outputs = [{"stdout": [], "stderr": []} for _ in range(n)]
         self._exec_results: list = [None] * n
+        self._exec_counts: list = [None] * n
+        self._displays: list = [[] for _ in range(n)]
+        self._events: list = []  # (index, "stdout" | "stderr" | "display", text or content), in order
+        self.quiet = False      # True: the client does not print its output as it comes (%px shows it)
         self._left = n
         self._lock = threading.Lock()
         self.retries = 0        # times the controller resubmitted it (load-balanced tasks)
@@ -83,6 +87,7 @@ class AsyncResult(Waiting, Future):
             self._values[index] = objects[0] if objects else None
             if "execute_result" in content:
                 self._exec_results[index] = content["execute_result"]
+            self._exec_counts[index] = content.get("execution_count")
         else:
             self._errors[index] = error_from_content(content, header.get("e"), self.msg_ids[index])
         self._headers[index] = header
@@ -101,6 +106,11 @@ class AsyncResult(Waiting, Future):
 
     def _stream(self, index: int, name: str, text: str) -> None:
         self._outputs[index][name].append(text)
+        self._events.append((index, name, text))
+
+    def _display(self, index: int, content: dict) -> None:
+        self._displays[index].append(content)
+        self._events.append((index, "display", content))
 
     def _finish(self) -> None:
         if self.done():
@@ -175,6 +185,19 @@ class AsyncResult(Waiting, Future):
         """repr of the last expression of executed code, per engine."""
         return self._per_engine(self._exec_results)
 
+    @property
+    def outputs(self):
+        """Rich output the engine code displayed (``display(obj)``, figures):
+        ``{"data": {mime: ...}, "metadata": {...}}`` dicts, a list for one
+        engine, else a list per engine. ``"result": True`` marks the rich
+        value of a cell's last expression."""
+        return self._per_engine([list(d) for d in self._displays])
+
+    @property
+    def execution_count(self):
+        """The engine's cell number of executed code, per engine."""
+        return self._per_engine(self._exec_counts)
+
     def _times(self, key):
         return self._per_engine([h.get(key) if h else None for h in self._headers])
 
@@ -204,7 +227,13 @@ class AsyncResult(Waiting, Future):
         return len(self.msg_ids) - self._left
 
     def display_outputs(self, file=None) -> None:
-        """Print each engine's captured output with an ``[stdout:ID]`` prefix."""
+        """Print each engine's captured output with an ``[stdout:ID]`` prefix
+        (inside IPython, its rich output and results too, labelled per engine)."""
+        if file is None:
+            from . import pxdisplay
+            if pxdisplay.in_ipython():
+                pxdisplay.show_result(self)
+                return
         file = file or sys.stdout
         for eid, out in zip(self.targets, self._outputs):
             for name in ("stdout", "stderr"):
@@ -218,6 +247,10 @@ class AsyncResult(Waiting, Future):
         if self.done() and self.exception() is not None:
             state = "failed"
         return f"<AsyncResult({self.kind}) {state} on engines {self.targets}>"
+
+    def _repr_html_(self) -> str:
+        from .reprs import async_result_html
+        return async_result_html(self)
 
 
 def _cancel_and_notify(fut: Future) -> bool:

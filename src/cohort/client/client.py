@@ -63,6 +63,7 @@ class Client:
         self._resend: dict = {}       # load-balanced task id -> frames, until its result came
         self._engines: dict = {}
         self._engines_changed = threading.Condition()
+        self._quiet = threading.local()  # .on: results submitted by this thread are shown by %px
         self._closed = False
         self.shm = shm.enable(self.info.cluster_id, self.info.shm_token)
         self._connect(timeout)
@@ -172,8 +173,12 @@ class Client:
             entry = self._pending.get(hdr["parent"])
             if entry is not None:
                 entry[0]._stream(entry[1], msg.content["name"], msg.content["text"])
-            if self.stream_output:
+            if self.stream_output and not (entry is not None and entry[0].quiet):
                 self._show(hdr.get("e"), msg.content["name"], msg.content["text"])
+        elif t == "display_data":  # rich output of engine code: kept on its result
+            entry = self._pending.get(hdr["parent"])
+            if entry is not None:
+                entry[0]._display(entry[1], msg.content)
         elif t == "resumed":
             self._resumed(msg.content.get("unknown", ()))
         elif t == "retrying":
@@ -250,6 +255,7 @@ class Client:
             ids.append(mid)
         ar = AsyncResult(self, ids, targets, kind, single=single, reduce=reduce,
                          payloads=[p for p in shared.values() if p.shared])
+        ar.quiet = getattr(self._quiet, "on", False)
         with self._pending_lock:
             for i, mid in enumerate(ids):
                 self._pending[mid] = (ar, i)
@@ -464,5 +470,17 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<cohort.Client {len(self._engines)} engines, {self.connection_file}>"
+        return f"<cohort.Client {len(self._engines)} engines {self.ids}, {self.connection_file}>"
+
+    def _repr_html_(self) -> str:
+        from .reprs import client_html
+        return client_html(self)
+
+    def activate(self, targets="all", suffix: str = ""):
+        """Register the ``%px`` magics (``%px{suffix}``, ``%%px{suffix}``,
+        ``%pxresult{suffix}``, ``%autopx{suffix}``, ``%pxconfig{suffix}``) in
+        the running IPython, bound to a view on `targets`; return that view.
+        See docs/interactive.md."""
+        from .magics import activate
+        return activate(self.direct_view(targets), suffix)
 

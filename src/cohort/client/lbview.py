@@ -34,6 +34,10 @@ class LoadBalancedView:
     def __repr__(self) -> str:
         return f"<LoadBalancedView {self.policy} block={self.block}>"
 
+    def _repr_html_(self) -> str:
+        from .reprs import lbview_html
+        return lbview_html(self)
+
     # --- flags -----------------------------------------------------------------
     def set_flags(self, **flags) -> None:
         """Change the view's defaults: policy settings, `policy=`, `after`, `follow`, `block`."""

@@ -286,6 +286,10 @@ class MapResult(Waiting, Future):
         state = "done" if self.done() else f"{self.progress}/{total} done"
         return f"<MapResult {state}, {self.failed} failed chunks, {self.retried} retries>"
 
+    def _repr_html_(self) -> str:
+        from .reprs import map_result_html
+        return map_result_html(self)
+
 
 def _length(sequences):
     try:

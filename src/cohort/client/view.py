@@ -27,6 +27,20 @@ class DirectView:
     def __repr__(self) -> str:
         return f"<DirectView targets={self._targets!r} block={self.block}>"
 
+    def _repr_html_(self) -> str:
+        from .reprs import view_html
+        return view_html(self)
+
+    def _ipython_key_completions_(self) -> list:
+        """Names in the first target's namespace, for ``dv["<tab>`` in IPython."""
+        from .reprs import remote_names
+        return remote_names(self)
+
+    def activate(self, suffix: str = ""):
+        """Register the ``%px`` magics bound to this view (see `Client.activate`)."""
+        from .magics import activate
+        return activate(self, suffix)
+
     @property
     def targets(self):
         return self._targets

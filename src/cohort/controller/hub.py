@@ -544,6 +544,8 @@ class Controller(RestartRecovery):
             self.records.output(msg.header.get("parent"), msg.content.get("name"),
                                 msg.content.get("text", ""))
             self.client_sock.send_multipart([msg.header["c"].encode(), *msg.frames], copy=False)
+        elif t == "display_data":  # rich output (cohort.engine.display): to its client only
+            self.client_sock.send_multipart([msg.header["c"].encode(), *msg.frames], copy=False)
         elif t == "aborted":
             eid = msg.header.get("e")
             for mid in msg.content.get("ids", ()):

@@ -40,6 +40,7 @@ from .. import wire as wire_pkg
 from ..wire import Session, deserialize, shm
 from ..store.ref import Ref, resolve, store_value
 from ..wire.serialize import Serialized, serialize, stateless
+from . import display as display_mod
 from .capture import OutputCapture
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class Engine:
         self.id: int | None = None
         self.controller_timeout = controller_timeout
         self.register_timeout = register_timeout
-        self.ns: dict = {"__name__": "__main__", "__builtins__": builtins}
+        self.ns: dict = {"__name__": "__main__", "__builtins__": builtins,
+                         "display": display_mod.display}
         self.ctx = zmq.Context()
         self._out_lock = threading.Lock()
         self._task_lock = threading.Lock()  # guards current/aborted against the control thread
@@ -164,6 +166,8 @@ class Engine:
     # --- main loop ---------------------------------------------------------
     def serve(self) -> None:
         self.capture = OutputCapture(self._send_stream)
+        display_mod.set_engine(self)
+        display_mod.install_matplotlib_hook()  # figures go to the client
         sys.stdout, sys.stderr = self.capture.stdout, self.capture.stderr
         self._main_ident = threading.get_ident()
         signal.signal(signal.SIGINT, self._on_sigint)
@@ -216,8 +220,10 @@ class Engine:
                 objects = (self._apply(msg),)
             elif t == "execute":
                 value = self.execute(msg.content["code"], msg.content.get("filename"))
+                display_mod.after_execute(value)  # open figures, a rich last value
                 if value is not None:
                     content["execute_result"] = _safe_repr(value)
+                content["execution_count"] = self._cell
             elif t == "push":
                 self.ns.update({k: resolve(v) for k, v in msg.objects()[0].items()})
             elif t == "pull":
