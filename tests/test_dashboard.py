@@ -200,6 +200,50 @@ def test_page_shows_an_engine_turning_dead_after_sigkill(make_cluster, page):
         dash.stop()
 
 
+def test_a_restarted_engine_shows_dead_and_its_replacement(make_cluster):
+    cl = make_cluster(2)  # the controller restarts engines that die
+    cl.client.wait_for_engines(2, timeout=30)
+    dash = Dashboard(cl.connection_file, port=0, period=0.2).start()
+    try:
+        wait_until(lambda: len(_api(dash, "/api/state")["engines"]) == 2, msg="two engines")
+        os.kill(cl.client.engines[1]["pid"], signal.SIGKILL)
+        seen = set()
+
+        def replaced():
+            rows = {e["id"]: e for e in _api(dash, "/api/state")["engines"]}
+            seen.add(rows.get(1, {}).get("state"))
+            return rows[1]["state"] == "dead" and "replaced by engine" in rows[1]["why"] and rows
+
+        rows = wait_until(replaced, timeout=30, msg="engine 1 replaced")
+        assert seen <= {"idle", "busy", "restarting", "dead"}  # restarting: often too brief to see
+        assert [e for e in rows.values() if e["id"] >= 2 and e["state"] in ("idle", "busy")]
+    finally:
+        dash.stop()
+
+
+def test_page_shows_batch_jobs_and_their_states(make_cluster, page):
+    from cohort import jobs
+    cl = make_cluster(1)
+    js = jobs.JobService("local://")
+    job = js.submit(jobs.JobDescription("sleep", ["60"]))
+    try:
+        (cl.connection_file.parent / "cluster.json").write_text(json.dumps({
+            "groups": [{"kind": "local", "n": 1, "pids": []},
+                       {"kind": "ssh", "n": 3, "service": "local://", "job": job.native_id}]}))
+        dash = Dashboard(cl.connection_file, port=0, period=0.3).start()
+        try:
+            page.goto(dash.url)
+            row = page.locator(f'#jobs tr[data-job="{job.native_id}"]')
+            row.wait_for()
+            text = row.inner_text()
+            assert "ssh" in text and "3" in text and f"job {job.native_id}: " in text
+            assert "ACTIVE" in text or "QUEUED" in text, text
+        finally:
+            dash.stop()
+    finally:
+        job.cancel()
+
+
 def _insert_synthetic(db_path, n: int, recent: int) -> None:
     """n finished task records over the past day, `recent` of them in the last 30 s."""
     now = time.time()

@@ -357,10 +357,14 @@ class Dashboard:
 
     def _engine_rows(self, engines: list, running: dict, now: float) -> list:
         current = {e["id"]: e for e in engines}
+        known = max([*current, *self._last_engines, *self.departed, -1])
         for eid, e in self._last_engines.items():  # gone since the last sample
             if eid not in current:
+                # a replacement registers under a new id, higher than any seen before it left
+                # (one that joined within this same sample counts too)
+                joined = [i for i in current if i not in self._last_engines]
                 self.departed[eid] = dict(e, left=now, why=self._why.pop(eid, "left the cluster"),
-                                          cpu=None, mem=None, current=None)
+                                          after=min([known, *[i - 1 for i in joined]]))
         for eid in current:
             self.departed.pop(eid, None)  # an id is not reused, but be safe
         while len(self.departed) > 50:
@@ -382,7 +386,7 @@ class Dashboard:
             state, note = "dead", d["why"]
             if d.get("restart"):
                 newer = [e["id"] for e in engines if e.get("host") == d.get("host")
-                         and (e.get("registered") or 0) >= d["left"] - 1]
+                         and e["id"] > d["after"]]
                 if newer:
                     note = f"{d['why']}; replaced by engine {min(newer)}"
                 elif now - d["left"] < 30:
