@@ -14,7 +14,10 @@ set in the environment for one test. Without the Ceph binaries they fail,
 saying how to install them, unless ``COHORT_SKIP_S3=1`` (then they skip).
 
 Pitfalls handled here: the monitor address must be given as an explicit msgr
-v1 address (a v2 address makes clients hunt forever); the beast frontend needs
+v1 address (a v2 address makes clients hunt forever); on a busy machine a
+client (the ``ceph`` CLI, a starting OSD) sometimes sends its first command
+before it has the monitor map ("handle_command on fsid 0000..." -> EPERM), so
+those steps are retried; the beast frontend needs
 ``tcp_nodelay=1`` (without it every small GET waits ~40 ms on Nagle + delayed
 ACK); the first bucket operation takes several seconds while radosgw creates
 its pools.
@@ -77,9 +80,13 @@ class RadosGW:
         assert self.tmp is not None
         return self.tmp / "ceph.conf"
 
-    def _run(self, *cmd: str, timeout: float = 60) -> str:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.tmp)
+    def _run(self, *cmd: str, timeout: float = 60, attempts: int = 1) -> str:
+        for attempt in range(attempts):
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  cwd=self.tmp)
+            if proc.returncode == 0:
+                break
+            time.sleep(0.5 * (attempt + 1))
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
                                f"{proc.stdout}{proc.stderr}{self._log_tail()}")
@@ -95,7 +102,7 @@ class RadosGW:
 
     def _daemon(self, *cmd: str, pidfile: str) -> None:
         """Start a daemon (it forks into the background) and remember its pid."""
-        self._run(*cmd)
+        self._run(*cmd, attempts=4)
         path = self.tmp / "run" / pidfile
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -191,7 +198,7 @@ rgw enable usage log = false
         self._wait("the Ceph monitor", lambda: subprocess.run(
             ["ceph", "-c", c, "mon", "stat"], capture_output=True, timeout=10).returncode == 0)
         osd_uuid = str(uuid.uuid4())
-        self._run("ceph", "-c", c, "osd", "new", osd_uuid, "0")
+        self._run("ceph", "-c", c, "osd", "new", osd_uuid, "0", attempts=5)
         self._run("ceph-osd", "-c", c, "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
         self._daemon("ceph-osd", "-c", c, "-i", "0", pidfile="osd.0.pid")
 
@@ -207,7 +214,7 @@ rgw enable usage log = false
         self._wait("radosgw", rgw_up)
         self._run("radosgw-admin", "-c", c, "user", "create", "--uid=cohort",
                   "--display-name=cohort", f"--access-key={self.access_key}",
-                  f"--secret-key={self.secret_key}")
+                  f"--secret-key={self.secret_key}", attempts=3)
 
     def client(self):
         """A boto3 S3 client for this server (path-style, SigV4)."""

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _HASH_ASIDE = 1 << 20  # writes at least this large are hashed on another thread
 _WINDOW = 64 << 20    # file-to-file fast paths map and copy this much at a time
+_CACHE_BLOCKS = 8     # verified blocks a get stream keeps for seeks back (random access)
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
@@ -410,13 +411,13 @@ class GetStream(io.RawIOBase):
 
     # --- blocks -----------------------------------------------------------------------
     def _get_block(self, idx: int) -> bytes:
-        blk = self._cache.get(idx)
+        blk = self._cache.pop(idx, None)
         if blk is None:
             fut = self._ahead.pop(idx, None)
             blk = fut.result() if fut is not None else self._load(idx)
-            if len(self._cache) >= 2:
-                self._cache.pop(next(iter(self._cache)))  # the oldest
-            self._cache[idx] = blk
+            if len(self._cache) >= _CACHE_BLOCKS:
+                self._cache.pop(next(iter(self._cache)))  # the least recently used
+        self._cache[idx] = blk  # (re)inserted last: most recently used
         sequential = idx in (self._last, self._last + 1)
         self._last = idx
         # drop read-ahead that a seek made useless; schedule the next blocks
