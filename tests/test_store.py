@@ -638,3 +638,19 @@ def test_checksum_algorithms_detect_corruption(backend, algo):
     assert other.get(oid2).data == data
     with pytest.raises(StoreError, match="unknown checksum"):
         store.open(backend.url, checksum="md5")
+
+
+def test_random_access_zip_through_a_get_stream(s):
+    """zipfile seeks all over the stream: the central directory at the end, members inside."""
+    import zipfile
+    members = {f"m{i}.bin": os.urandom(300_000 + i * 777_777) for i in range(12)}
+    with s.create_put_stream(meta={"format": "zip"}) as w:
+        with zipfile.ZipFile(w, "w", compression=zipfile.ZIP_STORED) as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+    assert s.stat(w.oid).size > 8 * MiB
+    with s.create_get_stream(w.oid) as r:
+        with zipfile.ZipFile(r) as z:
+            assert sorted(z.namelist()) == sorted(members)
+            for name in sorted(members, reverse=True):
+                assert z.read(name) == members[name]
