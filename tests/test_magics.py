@@ -203,6 +203,7 @@ def test_ctrl_c_interrupts_the_engines_and_returns_control(ip):
     assert isinstance(err, cohort.RemoteError)
     assert {e.ename for e in getattr(err, "errors", [err])} == {"KeyboardInterrupt"}
     assert "[stdout:0] busy" in cap.stdout
+    assert "while True" in plain(cap.stdout) and "_on_sigint" not in plain(cap.stdout)
     r, cap = run(ip, "%px 'alive'")
     assert r.success and sum("'alive'" in o for o in out_texts(cap)) == 2
 
@@ -261,6 +262,10 @@ def test_matplotlib_figure_arrives_as_png(ip, rc):
     ar = rc[0].execute("fig = plt.figure(); fig.gca().bar([1, 2], [3, 4])")
     ar.get(10)
     assert [list(o["data"]) for o in ar.outputs] == [["image/png", "text/plain"]]
+    # display(fig) sends it once (it is closed, so the end of the cell does not send it again)
+    ar = rc[0].execute("fig2 = plt.figure(); fig2.gca().plot([0, 1]); display(fig2)")
+    ar.get(10)
+    assert [list(o["data"]) for o in ar.outputs] == [["image/png", "text/plain"]]
     rc[0].execute("open_figs = len(plt.get_fignums())", block=True)
     assert rc[0].pull("open_figs", block=True) == 0  # sent figures are closed
 
@@ -288,6 +293,7 @@ def test_html_and_text_reprs(rc):
     ar.get(10)
     h = ar._repr_html_()
     assert "<progress" in h and "done" in h and "execute" in h
+    assert ar.wait_interactive() is True
     bad = dv.execute("1/0")
     bad.wait(10)
     assert "failed" in bad._repr_html_() and "ZeroDivisionError" in bad._repr_html_()

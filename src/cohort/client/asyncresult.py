@@ -226,6 +226,19 @@ class AsyncResult(Waiting, Future):
     def progress(self) -> int:
         return len(self.msg_ids) - self._left
 
+    def wait_interactive(self, interval: float = 0.1, timeout: float | None = None) -> bool:
+        """Wait, showing a progress bar of engines done (terminal or notebook); True if finished."""
+        from tqdm.auto import tqdm
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with tqdm(total=len(self.msg_ids), unit="engine", desc=self.kind) as bar:
+            while not self.done():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                self.wait(interval)
+                bar.update(self.progress - bar.n)
+            bar.update(self.progress - bar.n)
+        return self.done()
+
     def display_outputs(self, file=None) -> None:
         """Print each engine's captured output with an ``[stdout:ID]`` prefix
         (inside IPython, its rich output and results too, labelled per engine)."""

@@ -331,7 +331,10 @@ class Engine:
         while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
             tb = tb.tb_next  # hide the engine's own frames
         try:
-            text = "".join(traceback.format_exception(type(e), e, tb))
+            te = traceback.TracebackException(type(e), e, tb)
+            while len(te.stack) > 1 and te.stack[-1].filename.startswith(_HERE):
+                te.stack.pop()  # nor the interrupt handler the KeyboardInterrupt came from
+            text = "".join(te.format())
         except Exception as fmt_error:  # an exception whose __str__ itself raises
             text = f"{type(e).__name__}: <traceback unavailable: {fmt_error!r}>"
         return {"status": "error", "ename": type(e).__name__, "evalue": _safe_str(e),
