@@ -85,7 +85,7 @@ def cmd_start(args) -> int:
     if args.dashboard:
         from .dashboard import start_background
         try:
-            print(f"dashboard: {start_background(cf, port=args.dashboard_port)}")
+            print(f"dashboard: {start_background(cf, port=args.dashboard_port, db=args.db)}")
         except (CohortError, OSError) as e:
             print(f"cohort: the cluster runs, but its dashboard did not start: {e}",
                   file=sys.stderr)

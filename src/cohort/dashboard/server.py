@@ -546,11 +546,15 @@ def read_record(connection_file) -> dict | None:
 
 
 def start_background(connection_file, port: int | None = None, ip: str | None = None,
-                     log_file=None, timeout: float = 20.0) -> str:
-    """Start `cohort dashboard` for this cluster as a detached process; return its URL."""
+                     db: str | None = None, log_file=None, timeout: float = 20.0) -> str:
+    """Start `cohort dashboard` for this cluster as a detached process; return its URL.
+
+    `db`: the cluster's task database, when not tasks.db beside the connection file."""
     from ..errors import CohortError
     cf = Path(connection_file)
     cmd = [sys.executable, "-m", "cohort", "dashboard", "--file", str(cf)]
+    if db:
+        cmd += ["--db", str(db)]
     if port is not None:
         cmd += ["--port", str(port)]
     if ip:
