@@ -200,7 +200,7 @@ def test_tiny_polygons():
     ps = pset(f)
     assert ps.contains(to_xyz(5 + d / 2, 5 + d / 2))[0]
     assert not ps.contains(to_xyz(5 + 3 * d, 5 + d / 2))[0]
-    q = Footprint(f"POLYGON((4 4, 6 4, 6 6, 4 6, 4 4))").polyset()
+    q = Footprint("POLYGON((4 4, 6 4, 6 6, 4 6, 4 4))").polyset()
     assert ps.intersects(q)[0]
     assert km(ps.distance(to_xyz(5, 5 + 1))[0]) == pytest.approx(111.195, abs=0.01)
 

@@ -337,9 +337,13 @@ def make_query(intersects: Any = None, within_km: Any = None, time: Any = None,
 def spatial_mask(q: Query, blobs: list[bytes]) -> list[bool]:
     """The exact spatial test of `q` on packed footprints (`Footprint.packed`):
     intersects the region and / or within the distance of the point."""
-    from .geoset import PolySet
     if not blobs:
         return []
+    try:
+        from .geoset import PolySet
+    except ImportError as e:  # numpy
+        raise CatalogError(f"the catalog's exact spatial tests need numpy ({e}): "
+                           "pip install numpy") from e
     ps = PolySet.from_packed(blobs)
     mask = None
     if q.region is not None:
