@@ -62,6 +62,7 @@ class Client:
         self._requests: dict = {}     # control request id -> Future-like AsyncResult
         self._resend: dict = {}       # load-balanced task id -> frames, until its result came
         self._engines: dict = {}
+        self.departed: dict = {}      # engine id -> why it left (the last 1,000), while connected
         self._engines_changed = threading.Condition()
         self._quiet = threading.local()  # .on: results submitted by this thread are shown by %px
         self._closed = False
@@ -202,6 +203,9 @@ class Client:
         elif t == "engine_left":
             with self._engines_changed:
                 self._engines.pop(msg.content["id"], None)
+                if len(self.departed) >= 1000:
+                    self.departed.pop(next(iter(self.departed)))
+                self.departed[msg.content["id"]] = msg.content.get("why") or "left"
                 self._engines_changed.notify_all()
 
     def _controller_lost(self) -> None:
@@ -440,9 +444,9 @@ class Client:
         return self._request("purge_tasks", {"older_than": older_than,
                                              "keep_last": keep_last})["purged"]
 
-    def status(self) -> dict:
+    def status(self, timeout: float = 10.0) -> dict:
         """The controller's view: engines, clients, uptime."""
-        return self._request("status")
+        return self._request("status", timeout=timeout)
 
     def shutdown(self, targets=None, controller: bool = False, timeout: float = 10.0) -> dict:
         """Stop engines (default: all); with `controller`, the controller too."""

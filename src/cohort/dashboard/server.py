@@ -201,7 +201,6 @@ class Dashboard:
         self.hostname = socket.gethostname()
         self.series: collections.deque = collections.deque(maxlen=history)
         self.departed: collections.OrderedDict = collections.OrderedDict()
-        self._why: dict = {}  # engine id -> why it left (from the controller's notices)
         self._last_engines: dict = {}
         self._last_done: dict = {}
         self._jobs: list = []
@@ -300,15 +299,8 @@ class Dashboard:
     # --- polling the controller ------------------------------------------------
     def _connect(self):
         from ..client import Client
-
-        class _Client(Client):  # keeps why engines left (the base class forgets them)
-            def _handle(inner, msg):
-                if msg.header.get("t") == "engine_left":
-                    self._why[msg.content.get("id")] = msg.content.get("why") or "left"
-                super()._handle(msg)
-
-        return _Client(self.connection_file, timeout=3, stream_output=False,
-                       controller_timeout=max(5.0, 5 * self.period))
+        return Client(self.connection_file, timeout=3, stream_output=False,
+                      controller_timeout=max(5.0, 5 * self.period))
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
@@ -329,7 +321,7 @@ class Dashboard:
                 self.info = ConnectionInfo.read(self.connection_file)
                 self.client = self._connect()
             # not rc.status(): its 10 s wait would freeze the page when the controller is gone
-            st = self.client._request("status", timeout=max(2.0, 3 * self.period))
+            st = self.client.status(timeout=max(2.0, 3 * self.period))
             ctl = {"connected": True, "pid": st["pid"], "host": st["host"],
                    "uptime": st["uptime"], "clients": st["clients"] - 1,
                    "tasks_pending": st["tasks_pending"]}
@@ -370,7 +362,7 @@ class Dashboard:
                 # a replacement registers under a new id, higher than any seen before it left
                 # (one that joined within this same sample counts too)
                 joined = [i for i in current if i not in self._last_engines]
-                self.departed[eid] = dict(e, left=now, why=self._why.pop(eid, "left the cluster"),
+                self.departed[eid] = dict(e, left=now, why=self.client.departed.get(eid, "left the cluster"),
                                           after=min([known, *[i - 1 for i in joined]]))
         for eid in current:
             self.departed.pop(eid, None)  # an id is not reused, but be safe
