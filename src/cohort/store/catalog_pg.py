@@ -242,7 +242,7 @@ class PostgisCatalog(Catalog):
         conds, params = self._where(q)
         sql = f"SELECT geom{cols} FROM {self.t} WHERE " + " AND ".join(conds)
         try:
-            rows = self._db().execute(sql, params).fetchall()
+            rows = self._db().cursor(binary=True).execute(sql, params).fetchall()
         except self._psycopg.Error as e:
             raise CatalogError(f"catalog query failed: {e}") from e
         mask = spatial_mask(q, [r[0] for r in rows])
@@ -262,7 +262,7 @@ class PostgisCatalog(Catalog):
             if q.limit is not None:
                 sql += f" LIMIT {int(q.limit)}"
             try:
-                rows = self._db().execute(sql, params).fetchall()
+                rows = self._db().cursor(binary=True).execute(sql, params).fetchall()
             except self._psycopg.Error as e:
                 raise CatalogError(f"catalog query failed: {e}") from e
         return [Record.from_row(*r) for r in rows]
