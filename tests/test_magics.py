@@ -179,15 +179,30 @@ def test_remote_traceback_is_highlighted_when_the_shell_has_colors(rc):
     assert "\x1b[" not in bare and bare.startswith("[engine 0] ZeroDivisionError")
 
 
-def test_ctrl_c_interrupts_the_engines_and_returns_control(ip):
+@pytest.fixture
+def waiting(monkeypatch):
+    """An Event set once a %px cell is waiting for its result (showing output as it comes)."""
+    from cohort.client import pxdisplay
+    event = threading.Event()
+    drain = pxdisplay.Renderer.drain
+
+    def spy(self):
+        event.set()
+        return drain(self)
+
+    monkeypatch.setattr(pxdisplay.Renderer, "drain", spy)
+    return event
+
+
+def test_ctrl_c_interrupts_the_engines_and_returns_control(ip, waiting):
     main = threading.get_ident()
     magics = px_magics._magics[""]
 
     def kick():
         def started():  # both engines printed 'busy': they are in the loop
             ar = magics.last_result
-            return ar is not None and {i for i, k, t in list(ar._events)
-                                       if k == "stdout" and "busy" in t} == {0, 1}
+            return waiting.is_set() and ar is not None and {
+                i for i, k, t in list(ar._events) if k == "stdout" and "busy" in t} == {0, 1}
         wait_until(started, 30, msg="both engines to start the loop")
         signal.pthread_kill(main, signal.SIGINT)
 
@@ -206,6 +221,32 @@ def test_ctrl_c_interrupts_the_engines_and_returns_control(ip):
     assert "while True" in plain(cap.stdout) and "_on_sigint" not in plain(cap.stdout)
     r, cap = run(ip, "%px 'alive'")
     assert r.success and sum("'alive'" in o for o in out_texts(cap)) == 2
+
+
+def test_ctrl_c_leaves_other_code_on_the_engine_running(ip, rc, tmp_path, waiting):
+    """Ctrl-C in a cell queued behind another task: the cell's task is dropped, the other goes on."""
+    flag = tmp_path / "go"
+    other = rc[0].execute(f"import os, time\nprint('OTHER', flush=True)\n"
+                          f"while not os.path.exists({str(flag)!r}): time.sleep(0.01)\n'finished'")
+    wait_until(lambda: "OTHER" in other.stdout, 30, msg="the other task to start")
+    main = threading.get_ident()
+    magics = px_magics._magics[""]
+    magics.last_result = None
+
+    def kick():
+        wait_until(lambda: waiting.is_set() and magics.last_result is not None, 30,
+                   msg="the cell to wait for its result")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=kick, daemon=True)
+    t.start()
+    r, _ = run(ip, "%px --targets 0 print('queued cell ran')")
+    t.join(5)
+    assert isinstance(r.error_in_exec, cohort.TaskAborted), r.error_in_exec
+    assert not other.done()
+    flag.touch()
+    other.get(30)
+    assert "queued cell ran" not in other.stdout
 
 
 # --- %autopx ---------------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ def wait_and_show(ar, interrupt_timeout: float = 10.0, poll: float = 0.05) -> No
         log.info("KeyboardInterrupt: interrupting engines %s", targets)
         try:
             ar._client.abort(ar)
-            ar._client.interrupt(targets)
+            # only this cell's tasks: other code running on these engines goes on
+            ar._client._request("interrupt", {"targets": targets, "ids": list(ar.msg_ids)})
         except Exception:
             log.warning("could not interrupt engines %s", targets, exc_info=True)
         if not ar.wait(interrupt_timeout):

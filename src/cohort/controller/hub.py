@@ -459,7 +459,9 @@ class Controller(RestartRecovery):
     def client_interrupt(self, msg) -> None:
         targets = self._targets(msg)
         for eid in targets:
-            self.send_control(self.state.engines[eid].uuid, "interrupt", {})
+            # with "ids", only those tasks (another client's code on the engine runs on)
+            self.send_control(self.state.engines[eid].uuid, "interrupt",
+                              {"ids": msg.content.get("ids")})
         self.reply(msg, {"interrupted": targets})
 
     def client_shutdown(self, msg) -> None:
