@@ -371,3 +371,49 @@ def test_load_ext_uses_the_connection_file(shell, rc, monkeypatch):
     finally:
         if m._view is not None:
             m._view.client.close()
+
+
+# --- pieces without a cluster ------------------------------------------------------------------------
+def test_parse_targets_and_options():
+    assert px_magics.parse_targets("all") == "all"
+    assert px_magics.parse_targets("0:2") == slice(0, 2)
+    assert px_magics.parse_targets("::2") == slice(None, None, 2)
+    assert px_magics.parse_targets("1,3") == [1, 3]
+    assert px_magics.parse_targets("[2]") == [2]
+    opts, code = px_magics.split_options("--targets 0:2 --noblock x = '--block'",
+                                         ("targets", "block", "noblock"))
+    assert opts == {"targets": "0:2", "noblock": True} and code == "x = '--block'"
+    opts, code = px_magics.split_options("--targets=1 print(1)", ("targets",))
+    assert opts == {"targets": "1"} and code == "print(1)"
+    from IPython.core.error import UsageError
+    with pytest.raises(UsageError):
+        px_magics.split_options("--nope 1", ("targets",))
+    with pytest.raises(UsageError):
+        px_magics.parse_targets("a:b")
+
+
+def test_engine_mime_bundles():
+    from cohort.engine import display as d
+
+    class Rich:
+        def _repr_html_(self):
+            return "<p>r</p>"
+
+        def _repr_png_(self):
+            return b"\x89PNG..."
+
+        def _repr_markdown_(self):
+            return None
+
+    data, md = d.format_bundle(Rich())
+    assert data["text/html"] == "<p>r</p>" and base64.b64decode(data["image/png"]) == b"\x89PNG..."
+    assert "text/markdown" not in data and data["text/plain"].startswith("<")
+
+    class Bundle:
+        def _repr_mimebundle_(self, include=None, exclude=None):
+            return {"application/json": {"a": 1}}, {"application/json": {"expanded": True}}
+
+    data, md = d.format_bundle(Bundle())
+    assert data["application/json"] == {"a": 1} and md == {"application/json": {"expanded": True}}
+    assert d.format_bundle(Rich)[0] == {"text/plain": repr(Rich)}  # a class, not an instance
+    assert not d.has_rich_repr(3) and d.has_rich_repr(Rich())

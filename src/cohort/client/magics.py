@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import logging
 
-from IPython.core.error import UsageError
-from IPython.core.magic import Magics, magics_class
+try:
+    from IPython.core.error import UsageError
+    from IPython.core.magic import Magics, magics_class
+except ImportError as e:  # pragma: no cover - IPython is optional for cohort
+    raise ImportError("the %px magics need IPython: pip install ipython") from e
 
 from .pxdisplay import wait_and_show
 
