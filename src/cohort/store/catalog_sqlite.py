@@ -124,6 +124,7 @@ class SqliteCatalog(Catalog):
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA cache_size=-65536")
             c.execute("PRAGMA temp_store=MEMORY")
+            c.execute("PRAGMA mmap_size=1073741824")  # random reads of big catalogs: no copies
             c.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise CatalogError(f"cannot open the catalog {self.path}: {e}") from e
