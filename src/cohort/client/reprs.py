@@ -35,7 +35,7 @@ def _engine_rows(client, ids=None) -> list:
     """[id, host, pid, state, queued, completed, failed] per engine, live if the
     controller answers quickly, else from what the client knows."""
     try:
-        engines = {e["id"]: e for e in client._request("status", timeout=2.0)["engines"]}
+        engines = {e["id"]: e for e in client.status(timeout=2.0)["engines"]}
     except Exception:
         log.debug("no engine status for the repr", exc_info=True)
         engines = client.engines
