@@ -8,6 +8,7 @@ display data alike).
 from __future__ import annotations
 
 import base64
+import os
 import re
 import signal
 import threading
@@ -29,13 +30,27 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.fixture(scope="module")
-def shell():
-    """One IPython shell for this module (the process-wide instance)."""
-    sh = InteractiveShell.instance()
+def shell(tmp_path_factory):
+    """One IPython shell for this module (the process-wide instance; its profile in a
+    temporary folder, history in memory); cleared afterwards, so later tests run
+    without IPython."""
+    from traitlets.config import Config
+    saved = os.environ.get("IPYTHONDIR")
+    os.environ["IPYTHONDIR"] = str(tmp_path_factory.mktemp("ipython"))
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    sh = InteractiveShell.instance(config=config)
     yield sh
     for m in list(px_magics._magics.values()):
         if m.autopx:
             m.autopx_toggle()
+    px_magics._magics.clear()
+    px_magics._last_view = None
+    InteractiveShell.clear_instance()
+    if saved is None:
+        os.environ.pop("IPYTHONDIR", None)
+    else:
+        os.environ["IPYTHONDIR"] = saved
 
 
 @pytest.fixture

@@ -3,20 +3,25 @@ shared two-engine cluster: what a notebook receives on the iopub channel."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 
 import pytest
 
-pytest.importorskip("ipykernel")
 jupyter_client = pytest.importorskip("jupyter_client")
+if importlib.util.find_spec("ipykernel") is None:  # not imported here: it changes progress-bar defaults
+    pytest.skip("ipykernel is not installed: pip install ipykernel", allow_module_level=True)
 
 
 @pytest.fixture
-def kernel(rc):
-    """A python3 kernel whose `cohort.Client()` is the shared cluster's; shut down afterwards."""
+def kernel(rc, tmp_path, monkeypatch):
+    """A python3 kernel whose `cohort.Client()` is the shared cluster's; shut down afterwards.
+    Its connection file and IPython profile live in `tmp_path`, not the home folder."""
     from jupyter_client.manager import start_new_kernel
-    env = dict(os.environ, COHORT_CONNECTION_FILE=str(rc.connection_file))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    env = dict(os.environ, COHORT_CONNECTION_FILE=str(rc.connection_file),
+               IPYTHONDIR=str(tmp_path / "ipython"))
     km, kc = start_new_kernel(startup_timeout=60, kernel_name="python3", env=env)
     try:
         yield km, kc

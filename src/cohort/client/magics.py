@@ -100,8 +100,13 @@ class ParallelMagics(Magics):
     def view(self):
         """The view the magics run on (``cohort.Client()`` made now if none was given)."""
         if self._view is None:
+            from ..errors import CohortError
             from .client import Client
-            self._view = Client().direct_view("all")
+            try:
+                client = Client()
+            except CohortError as e:  # no cluster: say so in one line, not a traceback
+                raise UsageError(f"{e}; or bind the magics to a client: rc.activate()") from None
+            self._view = client.direct_view("all")
             log.info("%%px magics use %r", self._view.client)
         return self._view
 
