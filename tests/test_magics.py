@@ -255,13 +255,25 @@ def test_ctrl_c_leaves_other_code_on_the_engine_running(ip, rc, tmp_path, waitin
 
     t = threading.Thread(target=kick, daemon=True)
     t.start()
-    r, _ = run(ip, "%px --targets 0 print('queued cell ran')")
+    r, cap = run(ip, "%px --targets 0 print('queued cell ran')")
     t.join(5)
     assert isinstance(r.error_in_exec, cohort.TaskAborted), r.error_in_exec
+    shown = plain(cap.stdout)
+    assert "[engine 0] TaskAborted" in shown and "most recent call last" not in shown
     assert not other.done()
     flag.touch()
     other.get(30)
     assert "queued cell ran" not in other.stdout
+
+
+def test_an_engine_dying_in_a_cell_is_one_line_per_engine(shell, make_cluster):
+    cl = make_cluster(n=1)
+    cl.client.wait_for_engines(1, timeout=30)
+    cl.client.activate(suffix="_dies")
+    r, cap = run(shell, "%px_dies import os; os._exit(3)")
+    assert isinstance(r.error_in_exec, cohort.EngineError)
+    shown = plain(cap.stdout)
+    assert "[engine 0] EngineError" in shown and "most recent call last" not in shown
 
 
 # --- %autopx ---------------------------------------------------------------------------------------

@@ -57,3 +57,23 @@ def render_remote(err, color: bool | None = None) -> list[str]:
             lines.extend(tb.split("\n"))
         lines.append("")
     return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def render_failures(pairs: list, color: bool | None = None) -> list[str]:
+    """Lines for (engine id, exception) pairs: remote ones with their remote
+    traceback, the others (an engine that died, an aborted task) as one line."""
+    if color is None:
+        color = _shell_wants_color()
+    lines: list[str] = []
+    if len(pairs) > 1:
+        head = f"{len(pairs)} engines failed"
+        lines += [f"{_RED}{head}{_RESET}" if color else head, ""]
+    for eid, err in pairs:
+        if hasattr(err, "ename"):
+            lines += render_remote(err, color)
+        else:
+            where = f"[engine {eid}] " if eid is not None else ""
+            head = f"{where}{type(err).__name__}: {err}"
+            lines.append(f"{_RED}{head}{_RESET}" if color else head)
+        lines.append("")
+    return lines[:-1] if lines and lines[-1] == "" else lines

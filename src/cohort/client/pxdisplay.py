@@ -19,6 +19,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from .._traceback import render_failures
+from ..errors import RemoteError
+
 log = logging.getLogger(__name__)
 
 
@@ -113,6 +116,11 @@ class Renderer:
         err = ar.exception()
         if err is None:
             return
+        pairs = [(ar.targets[i], e) for i, e in enumerate(ar._errors) if e is not None]
+        if not all(isinstance(e, RemoteError) for _, e in pairs) or len(pairs) != len(
+                getattr(err, "errors", [err])):
+            # not (only) remote tracebacks: show every engine's failure, not the local frames
+            err._render_traceback_ = lambda: render_failures(pairs)
         if raise_error:
             raise err
         render = getattr(err, "_render_traceback_", None)
