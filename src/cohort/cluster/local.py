@@ -159,6 +159,15 @@ class Cluster:
             self.wait_for_engines(before + n, time.monotonic() + self.start_timeout)
         return groups
 
+    def dashboard(self, port: int | None = None) -> str:
+        """Serve the live dashboard of this cluster from a background process (stopped
+        with the cluster); return its URL, which carries the cluster's token."""
+        from ..dashboard.server import start_background
+        db = next((a for k, a in zip(self.controller_args, self.controller_args[1:])
+                   if k == "--db"), None)
+        self._dashboard_url = start_background(self.connection_file, port=port, db=db)
+        return self._dashboard_url
+
     def remove_engines(self, ids, timeout: float = 5.0) -> None:
         """Shut engines down by id (the rest keep running); a batch job none of
         whose engines is left is cancelled."""
@@ -252,6 +261,10 @@ class Cluster:
                     pass
             self.client.close()
             self.client = None
+        if getattr(self, "_dashboard_url", None):
+            from ..dashboard.server import stop_background
+            stop_background(self.connection_file)
+            self._dashboard_url = None
         for g in self.groups:
             if isinstance(g, JobGroup):
                 g.stop(timeout)  # cancel the batch jobs this cluster submitted
