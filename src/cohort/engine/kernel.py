@@ -45,6 +45,7 @@ from .capture import OutputCapture
 
 log = logging.getLogger(__name__)
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_OWN_FRAMES = (_HERE, os.path.join(os.path.dirname(_HERE), "_remote.py"))
 
 
 class EngineStartError(Exception):
@@ -328,8 +329,8 @@ class Engine:
 
     def _error_content(self, e: BaseException) -> dict:
         tb = e.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_HERE):
-            tb = tb.tb_next  # hide the engine's own frames
+        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN_FRAMES):
+            tb = tb.tb_next  # hide the engine's own frames (and map's chunk runner)
         try:
             te = traceback.TracebackException(type(e), e, tb)
             while len(te.stack) > 1 and te.stack[-1].filename.startswith(_HERE):
