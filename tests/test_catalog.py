@@ -1,4 +1,4 @@
-"""The metadata catalog (cohort.store.catalog): one suite run against SQLite and
+"""The metadata catalog (cohort.store.catalog_core): one suite run against SQLite and
 against a real PostgreSQL + PostGIS server (tests/pg.py), plus a test that
 loads the same random footprints — antimeridian and polar ones included — into
 both and asserts identical answers to many random queries."""
@@ -276,7 +276,7 @@ def test_default_catalog_lives_in_the_profile_folder(cohort_home):
 def test_store_catalog_opens_a_catalog_whatever_was_imported_first(tmp_path):
     import subprocess
     import sys
-    code = ("import cohort.store.catalog\nfrom cohort import store\n"
+    code = ("import cohort.store.catalog_core\nfrom cohort import store\n"
             f"c = store.catalog({str(tmp_path / 'c.db')!r})\nprint(type(c).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)

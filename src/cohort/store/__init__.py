@@ -20,7 +20,7 @@ import importlib
 # public name -> module (relative to this package) that defines it
 _EXPORTS = {
     "Object": ".objects", "ObjectStore": ".objects", "open": ".objects",
-    "Catalog": ".catalog", "catalog": ".catalog",
+    "Catalog": ".catalog_core", "catalog": ".catalog_core",
     "Ref": ".ref",
 }
 

@@ -22,7 +22,7 @@ import re
 import threading
 
 from ..errors import CatalogError
-from .catalog import Catalog, Query, Record, Row, from_us, result_order, spatial_mask
+from .catalog_core import Catalog, Query, Record, Row, from_us, result_order, spatial_mask
 from .geo import EARTH_RADIUS_KM
 
 log = logging.getLogger(__name__)

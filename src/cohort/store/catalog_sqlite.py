@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 from ..errors import CatalogError
-from .catalog import Catalog, Query, Record, Row, result_order, spatial_mask
+from .catalog_core import Catalog, Query, Record, Row, result_order, spatial_mask
 from .geo import cap_boxes
 
 log = logging.getLogger(__name__)

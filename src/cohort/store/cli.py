@@ -169,7 +169,7 @@ def store_fsck(args) -> int:
 
 # --- catalog ---------------------------------------------------------------------
 def _open_catalog(args):
-    from .catalog import catalog
+    from .catalog_core import catalog
     return catalog(args.catalog or os.environ.get("COHORT_CATALOG") or None)
 
 

@@ -21,8 +21,6 @@ import json
 import logging
 import math
 import re
-import sys
-import types
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -526,16 +524,3 @@ def catalog(url: str | Path | None = None, *, profile: str | None = None,
         path = url
     from .catalog_sqlite import SqliteCatalog
     return SqliteCatalog(path)
-
-
-class _CallableModule(types.ModuleType):
-    """This module is named like its `catalog` function, which ``cohort.store``
-    exports: importing the module first (``from cohort.store.catalog import
-    Record``) leaves ``store.catalog`` bound to the module, so calling the
-    module opens a catalog as well."""
-
-    def __call__(self, url: str | Path | None = None, **options: Any) -> Catalog:
-        return catalog(url, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
