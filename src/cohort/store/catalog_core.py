@@ -495,16 +495,15 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 
 
 def catalog(url: str | Path | None = None, *, profile: str | None = None,
-            table: str = "cohort_catalog", exact: str = "client") -> Catalog:
+            table: str = "cohort_catalog", exact: str = "postgis") -> Catalog:
     """Open (creating if needed) a catalog.
 
     None: ``catalog.db`` (SQLite) in the profile folder; ``sqlite:///path``
     or a file path: SQLite; ``postgresql://...``: PostgreSQL with PostGIS, in
-    `table`. There PostGIS's GIST index on the geography finds candidates and
-    `exact` says who decides them: ``"client"`` (default) with the same numpy
-    test as the SQLite backend, or ``"postgis"`` with ``ST_Intersects`` /
-    ``ST_DWithin`` on the server (several times slower for queries with
-    hundreds of candidates; the same answers).
+    `table`, deciding footprints exactly with PostGIS (``exact="postgis"``:
+    ``ST_Intersects``/``ST_DWithin`` on the server) or here (``"client"``: the
+    GIST index finds candidates, numpy decides them as the SQLite backend
+    does — several times faster for queries with many candidates).
     """
     if url is None:
         from ..profile import profile_dir

@@ -37,7 +37,7 @@ _OUT = ("oid, filename, source, version, (extract(epoch FROM t0) * 1000000)::big
 class PostgisCatalog(Catalog):
     """The catalog in a PostgreSQL database with PostGIS."""
 
-    def __init__(self, url: str, table: str = "cohort_catalog", exact: str = "client"):
+    def __init__(self, url: str, table: str = "cohort_catalog", exact: str = "postgis"):
         try:
             import psycopg
         except ImportError:
