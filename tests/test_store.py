@@ -619,7 +619,7 @@ def test_s3_wrong_credentials_are_refused(rgw):
     assert s2.get(s.put(b"signed")).data == b"signed"
 
 
-@pytest.mark.parametrize("algo", ["sha256", "blake2b", "crc32"])
+@pytest.mark.parametrize("algo", ["sha256", "blake2b", "crc32", "xxh3"])
 def test_checksum_algorithms_detect_corruption(backend, algo):
     s = store.open(backend.url, checksum=algo)
     data = _payload(5 * MiB, 8)

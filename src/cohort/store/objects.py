@@ -521,7 +521,7 @@ def open(url: str | os.PathLike | None = None, **options) -> ObjectStore:
     region, access_key, secret_key). Default: ``$COHORT_STORE``, else the
     folder ``store`` in the profile folder. Keywords: ``policies={name: {"copies":
     n, "roots": [...]}}`` (recorded in the store's store.json), ``default_policy``,
-    ``checksum`` ("sha256", "blake2b" or "crc32", for new objects), ``fsync``
+    ``checksum`` ("xxh3", "crc32", "sha256" or "blake2b", for new objects), ``fsync``
     (file stores).
     """
     if url is None:
