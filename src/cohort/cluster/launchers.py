@@ -18,6 +18,8 @@ controller by themselves with the connection file.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import logging
 import os
 import shlex
@@ -104,7 +106,7 @@ def engine_argv(python: str, connection_file, n: int = 1, extra=(), mpi: bool = 
 
 
 # --- groups ----------------------------------------------------------------------
-class EngineGroup:
+class EngineGroup(ABC):
     """Engines started together; subclasses say how they are watched and stopped."""
 
     kind = "?"
@@ -112,17 +114,21 @@ class EngineGroup:
     def __init__(self, n: int):
         self.n = n
 
+    @abstractmethod
     def state(self) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def alive(self) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def stop(self, timeout: float = 5.0) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def record(self) -> dict:
-        raise NotImplementedError
+        ...
 
     @staticmethod
     def from_record(rec: dict) -> "EngineGroup":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import importlib
 import logging
 import time
@@ -37,7 +39,7 @@ class Status:
     message: str = ""
 
 
-class Backend:
+class Backend(ABC):
     """How one kind of service submits, queries and cancels jobs (one module each)."""
 
     #: the template file name (``<template_name>.sh``)
@@ -49,24 +51,29 @@ class Backend:
         self.shell = shell
         self.options = options
 
+    @abstractmethod
     def values(self, jd: JobDescription) -> dict[str, object]:
         """Placeholders for the template (see `cohort.jobs.template.base_values`)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def submit(self, jd: JobDescription, script: str) -> str:
         """Hand `script` to the batch system; the native id. JobError if rejected."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def query(self, ids: list[str]) -> dict[str, Status]:
         """Current status of each job in `ids` (a job the system does not know is left out)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def cancel(self, native_id: str) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def list_ids(self) -> list[str]:
         """The ids of this user's jobs the service knows."""
-        raise NotImplementedError
+        ...
 
     def forget(self, native_id: str) -> None:
         """Called when a job reached a final state (drop per-job memory)."""

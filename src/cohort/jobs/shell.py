@@ -3,6 +3,8 @@ through the system ``ssh`` binary (`SSHShell`)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import logging
 import os
 import shlex
@@ -32,14 +34,15 @@ class Result:
         return (self.err.strip() or self.out.strip())
 
 
-class Shell:
+class Shell(ABC):
     """Runs POSIX ``sh`` command lines somewhere."""
 
     host: str | None = None
 
+    @abstractmethod
     def run(self, script: str, input: str | None = None,
             timeout: float = DEFAULT_TIMEOUT) -> Result:
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:
         """Release what the shell holds (an SSH master connection)."""

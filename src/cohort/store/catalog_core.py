@@ -17,6 +17,8 @@ a (start, end) interval. Both backends give the same answers.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 import logging
 import math
@@ -360,7 +362,7 @@ def result_order(rec: Record) -> tuple:
 
 # --- the catalog --------------------------------------------------------------
 
-class Catalog:
+class Catalog(ABC):
     """A metadata catalog; `catalog` opens one. Thread-safe; close it when done."""
 
     url: str
@@ -466,21 +468,25 @@ class Catalog:
         return f"<{type(self).__name__} {self.url}>"
 
     # backends implement these
+    @abstractmethod
     def _insert(self, rows: list[Row]) -> None:
-        raise NotImplementedError
+        ...
 
     def _insert_batches(self, batches: Iterator[list[Row]]) -> None:
         for rows in batches:
             self._insert(rows)
 
+    @abstractmethod
     def _delete(self, oids: list[str]) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _select(self, q: Query) -> list[Record]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _count(self, q: Query) -> int:
-        raise NotImplementedError
+        ...
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
