@@ -162,7 +162,7 @@ class Cluster:
     def dashboard(self, port: int | None = None) -> str:
         """Serve the live dashboard of this cluster from a background process (stopped
         with the cluster); return its URL, which carries the cluster's token."""
-        from ..dashboard.server import start_background
+        from ..dashboard import start_background
         db = next((a for k, a in zip(self.controller_args, self.controller_args[1:])
                    if k == "--db"), None)
         self._dashboard_url = start_background(self.connection_file, port=port, db=db)
@@ -262,7 +262,7 @@ class Cluster:
             self.client.close()
             self.client = None
         if getattr(self, "_dashboard_url", None):
-            from ..dashboard.server import stop_background
+            from ..dashboard import stop_background
             stop_background(self.connection_file)
             self._dashboard_url = None
         for g in self.groups:

@@ -5,8 +5,8 @@ touched); `cohort dashboard` runs it in the foreground, `cohort start --dashboar
 the background. See docs/dashboard.md.
 """
 
-from .server import (Dashboard, add_dashboard_parser, dashboard_token, read_record,
-                     start_background, stop_background)
+from .run import add_dashboard_parser, read_record, start_background, stop_background
+from .server import Dashboard, dashboard_token
 
 __all__ = ["Dashboard", "add_dashboard_parser", "dashboard_token", "read_record",
            "start_background", "stop_background"]
