@@ -86,12 +86,6 @@ class PBSBackend(Backend):
     template_name = "pbs"
     max_poll = 2.0
 
-    def __init__(self, shell, *, scheme: str = "pbs", profile: str | None = None,
-                 **options) -> None:
-        super().__init__(shell, **options)
-        if options:
-            raise TypeError(f"unknown option(s) for pbs://: {', '.join(options)}")
-
     def values(self, jd: JobDescription) -> dict[str, object]:
         v = base_values(jd, directive="#PBS")
         ppn = jd.processes_per_node
@@ -108,13 +102,7 @@ class PBSBackend(Backend):
         return native_id
 
     def submit(self, jd: JobDescription, script: str) -> str:
-        r = self.shell.run("qsub", input=script)
-        if r.rc != 0:
-            raise JobError(f"qsub rejected the job:\n{r.message}")
-        nid = r.out.strip().splitlines()[-1].strip() if r.out.strip() else ""
-        if not _ID.match(nid):
-            raise JobError(f"qsub printed no job id: {r.out.strip()!r} {r.err.strip()!r}")
-        return nid
+        return self._submit_script("qsub", script, _ID)
 
     def _qstat(self, args: str) -> dict[str, dict]:
         r = self.shell.run(f"qstat {args}")

@@ -89,9 +89,7 @@ class ProcessBackend(Backend):
 
     def __init__(self, shell, *, scheme: str = "local", profile: str | None = None,
                  state_dir: str | None = None, kill_grace: float = 5.0, **options) -> None:
-        super().__init__(shell, **options)
-        if options:
-            raise TypeError(f"unknown option(s) for {scheme}://: {', '.join(options)}")
+        super().__init__(shell, scheme=scheme, profile=profile, **options)
         self.local = isinstance(shell, LocalShell)
         if state_dir is None:
             state_dir = str(profile_dir(profile) / "jobs") if self.local else ".cohort/jobs"

@@ -47,9 +47,26 @@ class Backend(ABC):
     #: the longest sleep between two polls of `Job.wait`, in seconds
     max_poll = 2.0
 
-    def __init__(self, shell: Shell, **options) -> None:
+    def __init__(self, shell: Shell, *, scheme: str, profile: str | None = None,
+                 **unknown) -> None:
+        if unknown:
+            raise TypeError(f"unknown option(s) for {scheme}://: {', '.join(unknown)}")
         self.shell = shell
-        self.options = options
+        self.scheme = scheme
+        self.profile = profile
+
+    def _submit_script(self, command: str, script: str, id_pattern, line=str.strip) -> str:
+        """Hand `script` to `command` on standard input; the job id it printed last
+        (`line` extracts it from that line). JobError with the command's own words
+        if it refused."""
+        r = self.shell.run(command, input=script)
+        program = command.split()[0]
+        if r.rc != 0:
+            raise JobError(f"{program} rejected the job:\n{r.message}")
+        nid = line(r.out.strip().splitlines()[-1]) if r.out.strip() else ""
+        if not id_pattern.match(nid):
+            raise JobError(f"{program} printed no job id: {r.out.strip()!r} {r.err.strip()!r}")
+        return nid
 
     @abstractmethod
     def values(self, jd: JobDescription) -> dict[str, object]:

@@ -96,9 +96,7 @@ class SGEBackend(Backend):
     def __init__(self, shell, *, scheme: str = "sge", profile: str | None = None,
                  parallel_environment: str = "smp", record_grace: float = 10.0,
                  **options) -> None:
-        super().__init__(shell, **options)
-        if options:
-            raise TypeError(f"unknown option(s) for sge://: {', '.join(options)}")
+        super().__init__(shell, scheme=scheme, profile=profile, **options)
         self.parallel_environment = parallel_environment
         self.record_grace = float(record_grace)
         # id -> (last state seen in qstat, when it was first missing from qstat)
@@ -118,12 +116,7 @@ class SGEBackend(Backend):
         return native_id
 
     def submit(self, jd: JobDescription, script: str) -> str:
-        r = self.shell.run("qsub -terse", input=script)
-        if r.rc != 0:
-            raise JobError(f"qsub rejected the job:\n{r.message}")
-        nid = r.out.strip().splitlines()[-1].strip() if r.out.strip() else ""
-        if not _ID.match(nid):
-            raise JobError(f"qsub printed no job id: {r.out.strip()!r} {r.err.strip()!r}")
+        nid = self._submit_script("qsub -terse", script, _ID)
         self._seen[nid] = (JobState.QUEUED, None)
         return nid
 

@@ -69,12 +69,6 @@ class SlurmBackend(Backend):
     template_name = "slurm"
     max_poll = 2.0
 
-    def __init__(self, shell, *, scheme: str = "slurm", profile: str | None = None,
-                 **options) -> None:
-        super().__init__(shell, **options)
-        if options:
-            raise TypeError(f"unknown option(s) for slurm://: {', '.join(options)}")
-
     def values(self, jd: JobDescription) -> dict[str, object]:
         return base_values(jd, directive="#SBATCH")
 
@@ -85,13 +79,9 @@ class SlurmBackend(Backend):
         return native_id
 
     def submit(self, jd: JobDescription, script: str) -> str:
-        r = self.shell.run("sbatch --parsable", input=script)
-        if r.rc != 0:
-            raise JobError(f"sbatch rejected the job:\n{r.message}")
-        nid = r.out.strip().splitlines()[-1].split(";")[0].strip() if r.out.strip() else ""
-        if not _ID.match(nid):
-            raise JobError(f"sbatch printed no job id: {r.out.strip()!r} {r.err.strip()!r}")
-        return nid
+        # --parsable prints "id" or "id;cluster"
+        return self._submit_script("sbatch --parsable", script, _ID,
+                                   line=lambda text: text.split(";")[0].strip())
 
     def query(self, ids: list[str]) -> dict[str, Status]:
         ids = [self._check_id(i) for i in ids]
