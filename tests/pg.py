@@ -12,10 +12,10 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from cohort.cluster.local import free_ports
 
 MISSING = ("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: run .ci/run "
            "(or .ci/services/postgres.sh) to install them, or set COHORT_SKIP_POSTGRES=1 to "
@@ -34,9 +34,7 @@ def find_bindir() -> Path | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class PostgresServer:

@@ -29,13 +29,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
+from cohort.cluster.local import free_ports
 
 BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool",
             "ceph-authtool", "ceph")
@@ -50,9 +50,7 @@ def missing_binaries() -> list[str]:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class RadosGW:

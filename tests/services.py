@@ -22,6 +22,7 @@ import pytest
 from cohort import jobs
 from cohort.errors import JobError, JobTimeout
 from cohort.jobs import JobDescription, JobState
+from cohort.cluster.local import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 PBS_FAKES = Path(__file__).resolve().parent / "fakes" / "pbs"
@@ -79,9 +80,7 @@ def check_sge() -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class SSHD:

@@ -19,18 +19,11 @@ from services import PBS_FAKES, WAIT, JobServiceContract, wait_for_file
 @pytest.fixture(scope="module", autouse=True)
 def fake_pbs(tmp_path_factory):
     """The stand-ins first on PATH, with their own state folder, for this module only."""
-    saved = {k: os.environ.get(k) for k in ("PATH", "FAKE_PBS_HOME", "FAKE_PBS_QUEUES")}
-    os.environ["PATH"] = f"{PBS_FAKES}{os.pathsep}{os.environ['PATH']}"
-    os.environ["FAKE_PBS_HOME"] = str(tmp_path_factory.mktemp("fake_pbs"))
-    os.environ["FAKE_PBS_QUEUES"] = "workq,debug"
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{PBS_FAKES}{os.pathsep}{os.environ['PATH']}")
+        mp.setenv("FAKE_PBS_HOME", str(tmp_path_factory.mktemp("fake_pbs")))
+        mp.setenv("FAKE_PBS_QUEUES", "workq,debug")
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture
