@@ -655,6 +655,26 @@ def test_queue_status(rc):
     assert after[0]["failed"] >= base[0]["failed"] + 1
 
 
+def test_a_short_result_is_not_held_behind_a_long_task(rc, tmp_path):
+    """Tasks that reach an engine together run one by one; the engine holds a
+    finished result briefly to send it with the next, but never until a long
+    task after it ends: here the long task waits for the short one's result."""
+    gate, release = tmp_path / "gate", tmp_path / "release"
+    wait_for = "import os, time\nwhile not os.path.exists({!r}): time.sleep(0.01)"
+    blocker = rc[0].execute(wait_for.format(str(gate)))  # the others queue up behind it
+    short = rc[0].apply(lambda: "short")
+    long = rc[0].execute(wait_for.format(str(release)))
+    wait_until(lambda: rc.queue_status()[0]["inflight"] == 3, msg="all three sent to engine 0")
+    gate.touch()
+    try:
+        assert short.get(timeout=30) == "short"
+        assert not long.done()
+    finally:
+        release.touch()
+    long.get(timeout=30)
+    blocker.get(timeout=30)
+
+
 def test_abort_queued_tasks(rc, cluster):
     other = cohort.Client(cluster.connection_file, stream_output=False)
     try:

@@ -21,7 +21,7 @@ import zmq
 
 import cohort
 from cohort.profile import ConnectionInfo
-from cohort.wire import DELIM, Session
+from cohort.wire import BATCH, DELIM, Session, batch
 from conftest import engine_popen, wait_until
 
 
@@ -268,6 +268,12 @@ def _garbage(key: str, marker: Path) -> list:
         valid[:d + 1],
         [f for f in valid if f != DELIM],                        # no delimiter
         [b"a"] * 12 + valid,                                     # delimiter too deep
+        [BATCH],                                                 # batches: no index
+        [BATCH, b"\xff\xff\xff\xff"],                              # an envelope past the end
+        [BATCH, b"\x00\x00\x00\x03abc"],                           # an envelope too short
+        [BATCH, *batch([valid[d:], valid[d:]])[1:2]],            # buffers missing
+        [BATCH, *batch([flipped[d:], flipped[d:]])[1:]],         # tampered, in a batch
+        [*batch([valid[d:], valid[d:]]), b"extra"],              # a buffer nobody names
     ]
 
 
@@ -283,9 +289,9 @@ def _expect(sock, session: Session, msg_type: str, timeout_ms: int = 10000):
     deadline = time.monotonic() + timeout_ms / 1000
     while time.monotonic() < deadline:
         if sock.poll(100):
-            msg = session.unpack(sock.recv_multipart())
-            if msg.type == msg_type:
-                return msg
+            for msg in session.receive_all(sock.recv_multipart()):  # replies may come batched
+                if msg.type == msg_type:
+                    return msg
     pytest.fail(f"no {msg_type!r} from the controller")
 
 
@@ -364,8 +370,8 @@ def test_controller_survives_signed_but_malformed_requests(robust):
         got_status = False
         while time.monotonic() < deadline and not got_status:
             if s.poll(100):
-                msg = sess.unpack(s.recv_multipart())
-                got_status = msg.type == "reply" and "uptime" in msg.content
+                for msg in sess.receive_all(s.recv_multipart()):  # replies may come batched
+                    got_status |= msg.type == "reply" and "uptime" in msg.content
         assert got_status, "the controller stopped answering after malformed requests"
         s.close(linger=0)
     finally:

@@ -146,6 +146,26 @@ def test_lb_window_of_one_sends_one_task_per_engine():
     assert st.tasks["t2"].started == T0  # alone on its engine: it runs at once
 
 
+def test_short_tasks_widen_the_window_long_ones_keep_it():
+    """An engine whose tasks take microseconds gets many in flight (they travel
+    and come back in batches); one whose tasks take long keeps `lb_window`."""
+    st = make_state(engines=2, lb_window=2)
+    for i in range(200):
+        st.submit_lb(lbtask(f"t{i}"))
+    assert len(placed(st.drain())) == 4  # nothing measured yet: the configured window
+    assert st.window_of(st.engines[0]) == 2
+    st.complete(0, "t0", True, took=20e-6)   # engine 0: tiny tasks
+    st.complete(1, "t1", True, took=1.0)     # engine 1: long ones
+    assert st.window_of(st.engines[0]) == scheduler_mod.MAX_WINDOW
+    assert st.window_of(st.engines[1]) == 2
+    assert len(inflight(st, 0)) == scheduler_mod.MAX_WINDOW and len(inflight(st, 1)) == 2
+    # a slower mix narrows it again, smoothly
+    for _ in range(30):
+        st.complete(0, inflight(st, 0)[0], True, took=500e-6)
+    assert st.window_of(st.engines[0]) == 4
+    assert len(inflight(st, 0)) <= scheduler_mod.MAX_WINDOW
+
+
 def test_nothing_placed_without_engines_then_at_once_on_register():
     st = make_state(engines=0, lb_window=2)
     for i in range(3):

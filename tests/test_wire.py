@@ -17,7 +17,7 @@ import zmq
 import cohort
 from cohort.errors import (CompositeError, ControllerError, EngineError, NoEnginesError,
                            RemoteError, TaskAborted, error_from_content)
-from cohort.wire import DELIM, InvalidMessage, Session, deserialize, serialize
+from cohort.wire import BATCH, DELIM, InvalidMessage, Session, batch, deserialize, serialize
 
 KEY = b"k" * 32
 BIG = 256 * 1024  # bytes: well above the size at which buffers go out of band
@@ -94,6 +94,66 @@ def test_unrouted_unpack(session):
     assert frames[0] == DELIM
     msg = Session(KEY).unpack(frames, route=False)  # starts at the delimiter, no search
     assert msg.content == {"a": 1}
+
+
+# --- batches --------------------------------------------------------------------
+def _three(session):
+    arr = np.arange(BIG // 8, dtype=np.float64)  # out of band: frames of their own
+    return [session.build("apply", {"n": 1}, objects=[arr]),
+            session.build("status", {"n": 2}),
+            session.build("apply", {"n": 3}, objects=[b"small", arr[::-1].copy()])]
+
+
+def test_batch_round_trip_keeps_order_buffers_and_routing(session):
+    msgs = _three(session)
+    frames = wire(batch(msgs))
+    # the index, then each message's object frames in turn (an array: its pickle + its buffer)
+    assert frames[0] == BATCH and len(frames) == 2 + 2 + 0 + 3
+    got = Session(KEY).receive_all([b"client-1", *frames])
+    assert [m.content["n"] for m in got] == [1, 2, 3]
+    assert all(m.idents == [b"client-1"] for m in got)
+    np.testing.assert_array_equal(got[0].objects()[0], np.arange(BIG // 8, dtype=np.float64))
+    small, rev = got[2].objects()
+    assert small == b"small" and rev[0] == BIG // 8 - 1
+    # one message of a batch is forwarded on its own, unchanged and still valid
+    fwd = Session(KEY).unpack([b"engine-7", *wire(got[2].frames)])
+    assert fwd.id == got[2].id and fwd.objects()[0] == b"small"
+    # and batched again with others
+    again = Session(KEY).receive_all(wire(batch([got[1].frames, got[0].frames])), route=False)
+    assert [m.content["n"] for m in again] == [2, 1]
+
+
+def test_batch_of_one_is_a_plain_message(session):
+    one = session.build("x", {"a": 1})
+    assert batch([one]) is one
+    assert [m.content for m in Session(KEY).receive_all(wire(one))] == [{"a": 1}]
+
+
+def test_batch_drops_only_the_tampered_message(session):
+    msgs = _three(session)
+    env = bytearray(wire(msgs[1])[1])
+    env[-1] ^= 0x01  # its content
+    msgs[1] = [DELIM, bytes(env)]
+    got = Session(KEY).receive_all(wire(batch(msgs)), route=False)
+    assert [m.content["n"] for m in got] == [1, 3]
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda f: f[:1],                                  # no index
+    lambda f: [f[0], f[1][:-3], *f[2:]],              # index cut inside an envelope
+    lambda f: [f[0], f[1] + b"\x00\x00", *f[2:]],      # a partial length at the end
+    lambda f: f[:-1],                                 # a buffer missing
+    lambda f: [*f, b"stray"],                         # a buffer nobody names
+    lambda f: [f[0], b"\x00\x00\x00\x05abcde", *f[2:]],  # an envelope too short to hold a signature
+])
+def test_malformed_batch_is_dropped_whole(session, mangle):
+    frames = mangle(wire(batch(_three(session))))
+    assert Session(KEY).receive_all(frames, route=False) == []
+
+
+def test_unpack_refuses_a_batch(session):
+    with pytest.raises(InvalidMessage):
+        Session(KEY).unpack(wire(batch(_three(session))))
 
 
 def test_str_key_equals_bytes_key():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -12,7 +13,7 @@ import zmq
 from ..errors import ControllerError, TimeoutError
 from ..liveness import HeartbeatWatch
 from ..profile import ConnectionInfo, resolve_connection_file
-from ..wire import Payload, Session, shm
+from ..wire import Payload, Session, batch, send_frames, shm
 from .asyncresult import AsyncResult
 from .lbview import LoadBalancedView
 from .view import DirectView
@@ -57,6 +58,9 @@ class Client:
                                      self.info)
         self.controller_timeout = controller_timeout
         self._send_lock = threading.Lock()
+        self._outq: list = []  # tasks to send in the I/O thread's next batch (under _send_lock)
+        self._wake_r, self._wake_w = os.pipe()  # tells the I/O thread there is something to send
+        os.set_blocking(self._wake_r, False)
         self._pending_lock = threading.Lock()  # guards swapping the two dicts below
         self._pending: dict = {}      # task msg id -> (AsyncResult, index)
         self._requests: dict = {}     # control request id -> Future-like AsyncResult
@@ -83,12 +87,12 @@ class Client:
                     f"no controller answered at {self.info.url('client')} within {timeout:g} s "
                     f"(connection file {self.connection_file}): is the cluster running? "
                     f"`cohort status` tells")
-            msg = self.session.receive(self._recv_sock.recv_multipart(copy=False))
-            if msg is not None and msg.header["t"] == "reply":
-                for e in msg.content["engines"]:
-                    self._engines[e["id"]] = e
-                self._watch.know(msg.content.get("instance"))
-                return
+            for msg in self.session.receive_all(self._recv_sock.recv_multipart(copy=False)):
+                if msg.header["t"] == "reply":
+                    for e in msg.content["engines"]:
+                        self._engines[e["id"]] = e
+                    self._watch.know(msg.content.get("instance"))
+                    return
 
     # --- I/O thread ---------------------------------------------------------
     def _io_loop(self) -> None:
@@ -96,9 +100,14 @@ class Client:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(watch.socket, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         while not self._closed:
             try:
                 events = dict(poller.poll(100))
+                if self._wake_r in events:
+                    os.read(self._wake_r, 4096)
+                if self._outq:
+                    self._flush()
                 if watch.restarted:
                     watch.restarted = False
                     self._resume()
@@ -110,13 +119,11 @@ class Client:
                 frames = sock.recv_multipart(copy=False)
             except zmq.ZMQError:
                 return
-            msg = self.session.receive(frames)
-            if msg is None:
-                continue
-            try:
-                self._handle(msg)
-            except Exception:
-                log.exception("error handling a message from the controller")
+            for msg in self.session.receive_all(frames):
+                try:
+                    self._handle(msg)
+                except Exception:
+                    log.exception("error handling a message from the controller")
 
     def _resume(self) -> None:
         """A new controller took over: connect again and ask about pending tasks."""
@@ -145,8 +152,7 @@ class Client:
         while not fut.done() and time.monotonic() < deadline:
             if not self._recv_sock.poll(100):
                 continue
-            msg = self.session.receive(self._recv_sock.recv_multipart(copy=False))
-            if msg is not None:
+            for msg in self.session.receive_all(self._recv_sock.recv_multipart(copy=False)):
                 try:
                     self._handle(msg)
                 except Exception:
@@ -236,11 +242,35 @@ class Client:
         out.write(prefix + body.replace("\n", "\n" + prefix) + "\n")
 
     # --- sending -------------------------------------------------------------
-    def _send(self, frames) -> None:
+    def _send(self, *messages, batchable: bool = False) -> None:
+        """Send messages (frame lists) in order, as one batch.
+
+        `batchable` (tasks submitted while others are pending): queue them for
+        the I/O thread, which sends everything queued as one batch when it
+        next runs, so a burst of submits costs a few sends, not one each. An
+        idle client sends at once: a lone call waits for nothing.
+        """
         if self._closed:
             raise ControllerError("this client is closed")
         with self._send_lock:
-            self._send_sock.send_multipart(frames, copy=False)
+            if batchable or self._outq:
+                first = not self._outq
+                self._outq.extend(messages)
+                if not batchable:  # anything else goes now, after what was queued
+                    self._flush_locked()
+                elif first:
+                    os.write(self._wake_w, b"!")
+                return
+            send_frames(self._send_sock, batch(list(messages)))
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._outq:
+            queued, self._outq = self._outq, []
+            send_frames(self._send_sock, batch(queued))
 
     def _submit(self, kind: str, targets: list, content=None, objects=(), single=False,
                 reduce=None, per_target=None) -> AsyncResult:
@@ -263,8 +293,8 @@ class Client:
         with self._pending_lock:
             for i, mid in enumerate(ids):
                 self._pending[mid] = (ar, i)
-        for frames in frames_list:
-            self._send(frames)
+        if frames_list:
+            self._send(*frames_list)
         return ar
 
     def _submit_lb(self, objects, header: dict) -> AsyncResult:
@@ -275,9 +305,10 @@ class Client:
                                     payload=Payload(objects))
         ar = AsyncResult(self, [mid], [None], "apply", single=True)
         with self._pending_lock:
+            busy = bool(self._pending)
             self._pending[mid] = (ar, 0)
             self._resend[mid] = frames
-        self._send(frames)
+        self._send(frames, batchable=busy)
         return ar
 
     def _shm_with(self, eid) -> bool:
@@ -466,6 +497,8 @@ class Client:
         self._fail_all("the client was closed before the result arrived")
         if not self._thread.is_alive():  # else leave the sockets to the exiting thread
             self._ctx.destroy(linger=200)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def __enter__(self) -> "Client":
         return self

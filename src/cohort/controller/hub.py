@@ -27,7 +27,7 @@ import zmq
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
-from ..wire import Session, shm
+from ..wire import Outbox, Session, shm
 from .records import TaskLog
 from .recovery import RestartRecovery
 from .state import HubState, TaskRecord
@@ -75,6 +75,9 @@ class Controller(RestartRecovery):
         self.hb_ping.linger = 0
         self.info.secure_server(self.hb_ping)
         self.hb_pong = self._router()
+        # what one turn of the loop sends, each peer's messages as one batch
+        self.to_client = Outbox(self.client_sock)
+        self.to_engine = Outbox(self.engine_sock)
         ip = self.info.ip or "127.0.0.1"
         ports = {}
         for name, sock in (("client", self.client_sock), ("engine", self.engine_sock),
@@ -144,6 +147,7 @@ class Controller(RestartRecovery):
                 elif deadline is not None and now >= deadline:
                     self.state.tick(now)
                     self.act()
+                self.flush()
         finally:
             self.close()
 
@@ -153,13 +157,16 @@ class Controller(RestartRecovery):
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            msg = self.session.receive(frames)
-            if msg is None:
-                continue
-            try:
-                handler(msg)
-            except Exception:
-                log.exception("error handling %r", msg)
+            for msg in self.session.receive_all(frames):
+                try:
+                    handler(msg)
+                except Exception:
+                    log.exception("error handling %r", msg)
+
+    def flush(self) -> None:
+        """Send what this turn of the loop produced: tasks to engines first."""
+        self.to_engine.flush()
+        self.to_client.flush()
 
     # --- heartbeats and death ---------------------------------------------
     def _heartbeat(self, now: float) -> None:
@@ -318,8 +325,7 @@ class Controller(RestartRecovery):
 
     # --- messages to clients ----------------------------------------------
     def send_client(self, ident: bytes, msg_type: str, content: dict, header=None) -> None:
-        self.client_sock.send_multipart([ident, *self.session.build(msg_type, content, header=header)],
-                                         copy=False)
+        self.to_client.put(ident, self.session.build(msg_type, content, header=header))
 
     def reply(self, msg, content: dict) -> None:
         self.send_client(msg.header["s"].encode(), "reply", content, {"parent": msg.id})
@@ -340,7 +346,7 @@ class Controller(RestartRecovery):
         if "shm" in msg.header:  # its segments can be mapped once: one receiver only
             receivers = receivers[:1]
         for ident in receivers:
-            self.client_sock.send_multipart([ident, *msg.frames], copy=False)
+            self.to_client.put(ident, msg.frames)
         if not receivers:  # the client left: nobody will map the result's segments
             shm.discard(msg.header)
 
@@ -353,7 +359,7 @@ class Controller(RestartRecovery):
             self.send_client(ident, msg_type, content)
 
     def send_engine(self, ident: bytes, msg_type: str, content: dict) -> None:
-        self.engine_sock.send_multipart([ident, *self.session.build(msg_type, content)])
+        self.to_engine.put(ident, self.session.build(msg_type, content))
 
     def send_control(self, uuid: str, msg_type: str, content: dict) -> None:
         """To an engine's control socket, which answers even while it runs a task."""
@@ -361,7 +367,7 @@ class Controller(RestartRecovery):
 
     def dispatch(self, task: TaskRecord) -> None:
         rec = self.state.engines[task.engine]
-        self.engine_sock.send_multipart([rec.ident, *task.frames], copy=False)
+        self.to_engine.put(rec.ident, task.frames)
         self.records.dispatched(task)
 
     # --- client requests ---------------------------------------------------
@@ -532,9 +538,11 @@ class Controller(RestartRecovery):
                 return self.tell_ghost(uuid)
             if self.held and self.held_result(msg):
                 return
-            ok = msg.header.get("status") == "ok"
-            task, nxt = self.state.complete(eid, msg.header.get("parent"), ok,
-                                            None if ok else msg.content.get("ename"))
+            hdr = msg.header
+            ok = hdr.get("status") == "ok"
+            task, nxt = self.state.complete(eid, hdr.get("parent"), ok,
+                                            None if ok else msg.content.get("ename"),
+                                            took=_took(hdr))
             for n in nxt:
                 self.dispatch(n)
             self.act()
@@ -545,9 +553,9 @@ class Controller(RestartRecovery):
         elif t == "stream":
             self.records.output(msg.header.get("parent"), msg.content.get("name"),
                                 msg.content.get("text", ""))
-            self.client_sock.send_multipart([msg.header["c"].encode(), *msg.frames], copy=False)
+            self.to_client.put(msg.header["c"].encode(), msg.frames)
         elif t == "display_data":  # rich output (cohort.engine.display): to its client only
-            self.client_sock.send_multipart([msg.header["c"].encode(), *msg.frames], copy=False)
+            self.to_client.put(msg.header["c"].encode(), msg.frames)
         elif t == "aborted":
             eid = msg.header.get("e")
             for mid in msg.content.get("ids", ()):
@@ -592,6 +600,10 @@ class Controller(RestartRecovery):
     def close(self) -> None:
         for rec in list(self.state.engines.values()):
             self.engine_lost(rec.id, "the controller stopped", restart=False)
+        try:
+            self.flush()
+        except zmq.ZMQError:
+            pass
         if self.connection_file:
             try:
                 if ConnectionInfo.read(self.connection_file).controller_pid == os.getpid():
@@ -605,3 +617,11 @@ class Controller(RestartRecovery):
         self.client_sock.linger = 500  # let the last replies and failures go out
         self.ctx.destroy(linger=500)
         log.info("controller stopped")
+
+
+def _took(header: dict) -> float | None:
+    """How long a task ran on its engine, from its result's header."""
+    try:
+        return header["completed"] - header["started"]
+    except (KeyError, TypeError):
+        return None

@@ -168,7 +168,7 @@ class RestartRecovery:
         """Send a finished task's recorded result (or error) to a client."""
         header = {"parent": tid, "e": row["engine"], "status": "error"}
         if row["result"] is not None:
-            self.client_sock.send_multipart([ident, DELIM, *unpack_frames(row["result"])])
+            self.to_client.put(ident, [DELIM, *unpack_frames(row["result"])])
         elif row["status"] == "ok":
             self.send_client(ident, "result", {
                 "ename": "ControllerError", "evalue": f"task {tid} succeeded, but its result "

@@ -26,6 +26,8 @@ import time
 from collections import OrderedDict, deque
 
 OUTCOMES_KEPT = 10_000   # finished tasks remembered here for after=/follow= (older: the task db)
+PIPELINE = 0.002         # seconds of work kept in flight per engine for short tasks...
+MAX_WINDOW = 64          # ...but never more tasks than this
 SCAN_DEPTH = 64          # queued tasks looked at per client for one that fits a free engine
 
 
@@ -118,9 +120,18 @@ class LoadBalancing:
         self.schedule()
 
     # --- placement ---------------------------------------------------------------
+    def window_of(self, rec) -> int:
+        """Load-balanced tasks in flight on an engine: `lb_window`, more for short
+        tasks (about `PIPELINE` seconds of them), so the engine never waits for
+        the next one and each message to it carries several."""
+        t = rec.run_time
+        if t is None or t * self.lb_window >= PIPELINE:
+            return self.lb_window
+        return min(MAX_WINDOW, int(PIPELINE / max(t, PIPELINE / MAX_WINDOW)))
+
     def _free_engines(self) -> list:
         return [e for e in self.engines.values()
-                if len(e.inflight) < self.lb_window and not e.queue and e.stuck is None]
+                if len(e.inflight) < self.window_of(e) and not e.queue and e.stuck is None]
 
     def schedule(self) -> None:
         """Place ready tasks on engines with room, clients taking turns."""
@@ -141,7 +152,7 @@ class LoadBalancing:
                     if rec is not None:
                         del q[i]
                         self._place(task, rec)
-                        if len(rec.inflight) >= self.lb_window:
+                        if len(rec.inflight) >= self.window_of(rec):
                             free.remove(rec)
                         placed = True
                         break

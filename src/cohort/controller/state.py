@@ -20,7 +20,8 @@ from .scheduler import LoadBalancing
 
 class EngineRecord:
     __slots__ = ("id", "ident", "uuid", "host", "pid", "starttime", "local", "registered",
-                 "last_beat", "queue", "inflight", "completed", "failed", "info", "stuck")
+                 "last_beat", "queue", "inflight", "completed", "failed", "info", "stuck",
+                 "run_time")
 
     def __init__(self, eid: int, uuid: str, info: dict, local: bool = False):
         self.id = eid
@@ -38,6 +39,7 @@ class EngineRecord:
         self.failed = 0
         self.info = info
         self.stuck: tuple | None = None  # (task id, kill-after time) once told to stop a task
+        self.run_time: float | None = None  # seconds a task takes here, smoothed over the last few
 
     @property
     def state(self) -> str:
@@ -163,13 +165,16 @@ class HubState(LoadBalancing):
         rec.queue.append(task)
         return False
 
-    def complete(self, eid: int, msg_id: str, ok: bool = True, ename: str | None = None) -> tuple[TaskRecord | None, list]:
-        """A result arrived; return (the task to forward it for, or None; direct
-        tasks to send next). Load-balanced consequences (retries, dependents,
-        placements) come out of `drain`."""
+    def complete(self, eid: int, msg_id: str, ok: bool = True, ename: str | None = None,
+                 took: float | None = None) -> tuple[TaskRecord | None, list]:
+        """A result arrived (after `took` seconds of running); return (the task
+        to forward it for, or None; direct tasks to send next). Load-balanced
+        consequences (retries, dependents, placements) come out of `drain`."""
         rec = self.engines.get(eid)
         if rec is None:
             return None, []
+        if took is not None and took >= 0:
+            rec.run_time = took if rec.run_time is None else 0.8 * rec.run_time + 0.2 * took
         entry = rec.inflight.pop(msg_id, None)
         task = None
         if entry is not None and entry.zombie:

@@ -7,10 +7,14 @@ Threads:
 * control — answers ``interrupt``, ``abort`` and ``shutdown`` at once, even
   while the main thread is busy, and watches the controller's heartbeat;
 * heart — a zmq device echoing heartbeats in C, off the GIL;
-* output — flushes captured stdout/stderr while a task runs.
+* output — flushes captured stdout/stderr while a task runs;
+* results — sends held results of short tasks after at most `HOLD` seconds.
 
 All outgoing messages share one socket under a lock, so a task's output
-always reaches the controller before its result.
+always reaches the controller before its result. Tasks arrive in batches
+when they are short; while more of a batch waits to run, results are held
+and go back together (see `_hold`), so a short task costs the cluster a
+fraction of a message each way.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ..liveness import HeartbeatWatch
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
 from .. import wire as wire_pkg
-from ..wire import Session, deserialize, shm
+from ..wire import Session, batch, deserialize, send_frames, shm
 from ..store.ref import Ref, resolve, store_value
 from ..wire.serialize import Serialized, serialize, stateless
 from . import display as display_mod
@@ -46,6 +50,7 @@ from .capture import OutputCapture
 log = logging.getLogger(__name__)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _OWN_FRAMES = (_HERE, os.path.join(os.path.dirname(_HERE), "_remote.py"))
+HOLD = 0.002  # seconds a finished task's result may wait to go back with others
 
 
 class EngineStartError(Exception):
@@ -79,6 +84,9 @@ class Engine:
         self._recent: deque = deque(maxlen=32)  # last results sent: again after a controller restart
         self.shm = False
         self._store = None  # opened on the first result large enough to go there
+        self._inbox: deque = deque()  # received tasks not run yet
+        self._held: list = []         # results not sent yet (frame lists), under _out_lock
+        self._held_event = threading.Event()
 
     # --- connection --------------------------------------------------------
     def _dealer(self, ident: str, url: str) -> zmq.Socket:
@@ -150,9 +158,12 @@ class Engine:
         while time.monotonic() < deadline:
             sock.send_multipart(self.session.build(msg_type, content))
             if sock.poll(1000):
-                msg = self.session.receive(sock.recv_multipart(copy=False))
-                if msg is not None and msg.header["t"] == expect:
-                    return msg
+                msgs = self.session.receive_all(sock.recv_multipart(copy=False))
+                for i, msg in enumerate(msgs):
+                    if msg.header["t"] == expect:
+                        if sock is self.task_sock:  # tasks sent with the reply run next
+                            self._inbox.extend(msgs[i + 1:])
+                        return msg
         raise EngineStartError(
             f"no controller answered at {self.info.url('engine')} within "
             f"{self.register_timeout:g} s: is it running, and is this the right connection file?")
@@ -160,9 +171,45 @@ class Engine:
     def send(self, msg_type: str, content=None, objects=(), header=None, shm_ok=False) -> None:
         frames = self.session.build(msg_type, content, objects, header, shm_ok=shm_ok)
         with self._out_lock:
-            self.out_sock.send_multipart(frames, copy=False)
-            if msg_type == "result" and sum(memoryview(f).nbytes for f in frames) <= 1 << 20:
-                self._recent.append(frames)
+            if msg_type == "result":
+                if sum(memoryview(f).nbytes for f in frames) <= 1 << 20:
+                    self._recent.append(frames)
+                if self._hold():
+                    self._held.append(frames)
+                    if len(self._held) == 1:
+                        self._held_event.set()
+                    return
+            if self._held:  # what was held goes first: order is kept
+                self._held.append(frames)
+                frames = self._take_held()
+            send_frames(self.out_sock, frames)
+
+    def _hold(self) -> bool:
+        """Hold a result back while at least as many tasks wait to run here as
+        results are held: the controller gets results in batches, early enough
+        to send the next tasks before this engine runs out."""
+        return len(self._held) < len(self._inbox) and len(self._held) < 64
+
+    def _take_held(self) -> list:
+        held, self._held = self._held, []
+        return batch(held)
+
+    def flush_results(self) -> None:
+        with self._out_lock:
+            if self._held:
+                send_frames(self.out_sock, self._take_held())
+
+    def _result_flusher(self) -> None:
+        """Held results go back within `HOLD` seconds, whatever the next task does."""
+        while not self._stop.is_set():
+            if not self._held_event.wait(0.5):
+                continue
+            self._held_event.clear()
+            time.sleep(HOLD)
+            try:
+                self.flush_results()
+            except zmq.ZMQError:  # closed at exit
+                return
 
     # --- main loop ---------------------------------------------------------
     def serve(self) -> None:
@@ -175,19 +222,22 @@ class Engine:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         self._ctl = threading.Thread(target=self._control_loop, name="cohort-control", daemon=True)
         self._ctl.start()
+        threading.Thread(target=self._result_flusher, name="cohort-results", daemon=True).start()
         poller = zmq.Poller()
         poller.register(self.task_sock, zmq.POLLIN)
+        inbox = self._inbox
         try:
             while not self._stop.is_set():
-                try:
-                    if not poller.poll(200):
-                        continue
-                    frames = self.task_sock.recv_multipart(copy=False)
-                except KeyboardInterrupt:  # an interrupt that arrived between tasks
+                if not inbox:
+                    try:
+                        self.flush_results()
+                        if not poller.poll(200):
+                            continue
+                        self._receive_tasks()
+                    except KeyboardInterrupt:  # an interrupt that arrived between tasks
+                        pass
                     continue
-                msg = self.session.receive(frames)
-                if msg is None:
-                    continue
+                msg = inbox.popleft()
                 try:
                     self.run_task(msg)
                 except KeyboardInterrupt:
@@ -196,6 +246,15 @@ class Engine:
                     log.exception("failed to run or answer %r", msg)
         finally:
             self.close()
+
+    def _receive_tasks(self) -> None:
+        """Take every task waiting on the socket (one batch or many) into the inbox."""
+        for _ in range(64):
+            try:
+                frames = self.task_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._inbox.extend(self.session.receive_all(frames))
 
     def run_task(self, msg) -> None:
         hdr = msg.header
@@ -368,17 +427,15 @@ class Engine:
                     frames = self.ctl_sock.recv_multipart(copy=False)
                 except zmq.ZMQError:
                     return
-                msg = self.session.receive(frames)
-                if msg is None:
-                    continue
-                t = msg.header["t"]
-                if t == "interrupt":
-                    self.interrupt(msg.content.get("ids"))
-                elif t == "abort":
-                    self._abort(msg.content.get("ids", ()))
-                elif t == "shutdown":
-                    self._shutdown()
-                    return
+                for msg in self.session.receive_all(frames):
+                    t = msg.header["t"]
+                    if t == "interrupt":
+                        self.interrupt(msg.content.get("ids"))
+                    elif t == "abort":
+                        self._abort(msg.content.get("ids", ()))
+                    elif t == "shutdown":
+                        self._shutdown()
+                        return
 
     def _on_sigint(self, signum, frame) -> None:
         """Raise KeyboardInterrupt only inside a task's code, never in the engine's own.
@@ -429,6 +486,7 @@ class Engine:
         try:
             self.capture.flush()
             self.capture.close()
+            self.flush_results()
             if self.id is not None:
                 self.send("unregister", {}, (), {"e": self.id})
         except Exception:

@@ -21,6 +21,16 @@ a 2-core machine those sends dominate a small message's latency.
 
 A message that is unsigned, mis-signed, truncated or undecodable raises
 `InvalidMessage`; the receiving loop logs and drops it.
+
+Several messages for the same peer may travel as one zmq message, a *batch*::
+
+    [*routing_ids, BATCH, index, *buffers of each message in turn]
+
+where ``index`` is each message's envelope prefixed with its length (4 bytes,
+network order). Every message in a batch is signed and checked on its own, so
+a batch is only a way to pay one send and one wake-up for many messages: a
+process that forwards one of them passes its frames on unchanged. Hot paths
+(task submission, dispatch to engines, results) batch what is ready at once.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from .serialize import Serialized, deserialize, serialize
 log = logging.getLogger(__name__)
 
 DELIM = b"<COHORT>"
+BATCH = b"<COHORT+>"  # instead of DELIM: several messages follow (see the module's text)
 _SIGLEN = 32
 _HLEN = struct.Struct("!I")
 
@@ -166,23 +177,50 @@ class Session:
             log.warning("dropped an invalid message (%s)", e)
             return None
 
+    def receive_all(self, frames, route: bool = True) -> list:
+        """The valid messages of a message or a batch; invalid ones are logged and dropped."""
+        try:
+            pos = _find_delim(frames) if route else 0
+        except ValueError:
+            log.warning("dropped an invalid message (no delimiter frame)")
+            return []
+        if _bytes(frames[pos]) != BATCH:
+            msg = self.receive(frames, route)
+            return [] if msg is None else [msg]
+        idents = [_bytes(f) for f in frames[:pos]]
+        try:  # the whole batch is framed right, or none of it is taken
+            parts = list(_split_batch(frames[pos + 1:]))
+        except InvalidMessage as e:
+            log.warning("dropped an invalid batch (%s)", e)
+            return []
+        out = []
+        for env, bufs in parts:
+            try:
+                out.append(self._decode(idents, env, bufs, [DELIM, env, *bufs]))
+            except InvalidMessage as e:
+                log.warning("dropped an invalid message in a batch (%s)", e)
+        return out
+
     def unpack(self, frames, route: bool = True) -> Message:
         """Verify and decode a received frame list (zmq Frames or bytes)."""
         try:
             pos = _find_delim(frames) if route else 0
         except ValueError:
             raise InvalidMessage("no delimiter frame") from None
+        if route and _bytes(frames[pos]) == BATCH:
+            raise InvalidMessage("a batch where one message was expected")
         idents = [_bytes(f) for f in frames[:pos]]
         rest = frames[pos + 1:]
         if not rest:
             raise InvalidMessage("truncated message (nothing after the delimiter)")
-        env = _bytes(rest[0])
+        return self._decode(idents, _bytes(rest[0]), [_view(f) for f in rest[1:]], frames[pos:])
+
+    def _decode(self, idents, env: bytes, bufs: list, frames) -> Message:
         if len(env) < _SIGLEN + _HLEN.size:
             raise InvalidMessage(f"truncated envelope ({len(env)} bytes)")
         sig, hc = env[:_SIGLEN], env[_SIGLEN:]
         (hlen,) = _HLEN.unpack_from(hc)
         h, c = hc[_HLEN.size:_HLEN.size + hlen], hc[_HLEN.size + hlen:]
-        bufs = [_view(f) for f in rest[1:]]
         try:
             header = _unpackb(h)
             if not isinstance(header, dict):
@@ -205,7 +243,54 @@ class Session:
             content = _unpackb(c)
         except Exception as e:
             raise InvalidMessage(f"undecodable content: {e}") from None
-        return Message(idents, header, content, bufs, frames[pos:])
+        return Message(idents, header, content, bufs, frames)
+
+
+def batch(messages: list) -> list:
+    """Frames (from the delimiter on) of one zmq message carrying several.
+
+    `messages` are frame lists as `Session.build` makes them (or a received
+    `Message.frames`); one message is returned as it is.
+    """
+    if len(messages) == 1:
+        return messages[0]
+    index = []
+    bufs = []
+    for frames in messages:
+        env = _bytes(frames[1])
+        index.append(_HLEN.pack(len(env)))
+        index.append(env)
+        bufs.extend(frames[2:])
+    return [BATCH, b"".join(index), *bufs]
+
+
+def _split_batch(rest):
+    """(envelope, its buffers) for each message of a batch (the frames after BATCH)."""
+    if not rest:
+        raise InvalidMessage("truncated batch (no index)")
+    index = _bytes(rest[0])
+    bufs = [_view(f) for f in rest[1:]]
+    pos = used = 0
+    while pos < len(index):
+        if pos + _HLEN.size > len(index):
+            raise InvalidMessage("truncated batch index")
+        (n,) = _HLEN.unpack_from(index, pos)
+        env = index[pos + _HLEN.size:pos + _HLEN.size + n]
+        pos += _HLEN.size + n
+        if len(env) != n or n < _SIGLEN + _HLEN.size:
+            raise InvalidMessage("truncated envelope in a batch")
+        (hlen,) = _HLEN.unpack_from(env, _SIGLEN)
+        try:
+            header = _unpackb(env[_SIGLEN + _HLEN.size:_SIGLEN + _HLEN.size + hlen])
+            k = len(header.get("blen") or ())
+        except Exception as e:
+            raise InvalidMessage(f"undecodable header in a batch: {e}") from None
+        if used + k > len(bufs):
+            raise InvalidMessage("a batch has fewer buffers than its messages name")
+        yield env, bufs[used:used + k]
+        used += k
+    if used != len(bufs):
+        raise InvalidMessage("a batch has buffers no message names")
 
 
 class Payload:
@@ -261,7 +346,7 @@ def stream_indices(parts) -> list:
 def _find_delim(frames) -> int:
     for i, f in enumerate(frames):
         b = f.bytes if hasattr(f, "bytes") else f
-        if b == DELIM:
+        if b == DELIM or b == BATCH:
             return i
         if i > 8:
             break

@@ -1,0 +1,51 @@
+"""Sending several messages for one peer as one zmq message (a batch).
+
+Each zmq send costs a system call and wakes a thread on both sides; on a
+small machine those wake-ups, not Python, bound how many tasks a second go
+through. An `Outbox` collects what an event-loop turn wants to send, per
+peer, and `flush` sends each peer's messages as one batch (see
+`protocol.batch`), in the order they were put.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from .protocol import batch
+
+_MORE = int(zmq.SNDMORE)
+
+
+def send_frames(sock, frames, copy: bool = False) -> None:
+    """`send_multipart` without its per-call checks (frames are bytes or buffers)."""
+    last = len(frames) - 1
+    send = sock.send
+    for i, f in enumerate(frames):
+        send(f, _MORE if i < last else 0, copy=copy)
+
+
+class Outbox:
+    """Messages waiting for a `flush`, per routing identity of one ROUTER socket."""
+
+    __slots__ = ("sock", "queued")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.queued: dict = {}  # ident -> [frame lists], in order
+
+    def put(self, ident: bytes, frames: list) -> None:
+        q = self.queued.get(ident)
+        if q is None:
+            self.queued[ident] = [frames]
+        else:
+            q.append(frames)
+
+    def flush(self) -> None:
+        if not self.queued:
+            return
+        queued, self.queued = self.queued, {}
+        for ident, messages in queued.items():
+            send_frames(self.sock, [ident, *batch(messages)])
+
+    def __len__(self) -> int:
+        return sum(map(len, self.queued.values()))
