@@ -577,6 +577,135 @@ def test_file_fast_paths(s, backend, tmp_path):
     assert buf.getvalue() == data
 
 
+@pytest.fixture(params=["xxh3", "crc32", "sha256"])
+def fs(request, tmp_path):
+    """A file store: xxh3/crc32 take the one-core copy-and-hash path, sha256 the kernel copy."""
+    return store.open(f"file://{tmp_path}/fstore", checksum=request.param)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4 * MiB - 1, 4 * MiB, 4 * MiB + 1, 13 * MiB + 7])
+def test_fast_paths_are_bit_exact(fs, tmp_path, size):
+    data = os.urandom(size)
+    src, out = tmp_path / "src.bin", tmp_path / "out.bin"
+    src.write_bytes(data)
+    for policy in ("single", "replicate"):
+        oid = fs.put_file(src, policy=policy)
+        assert fs.get(oid).data == data
+        assert fs.get_file(oid, out) == size and out.read_bytes() == data
+        for verify in (True, False):
+            with fs.create_get_stream(oid, verify=verify) as r, open(out, "wb") as f:
+                f.write(b"<")
+                r.seek(min(size, 3))
+                assert r.copyto(f) == size - min(size, 3)
+                f.write(b">")
+            assert out.read_bytes() == b"<" + data[3:] + b">"
+    assert fs.fsck().ok
+
+
+def _flip(fs, root: str, oid: str, at: int) -> None:
+    with open(fs.root.root / root / data_key(oid), "r+b") as f:  # in place: the mapped inode
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_fast_copyto_heals_a_corrupt_block(fs, tmp_path, caplog):
+    data = os.urandom(13 * MiB)
+    oid = fs.put(data, policy="replicate")
+    _flip(fs, "c0", oid, 5 * MiB + 3)  # block 1 of the first copy
+    caplog.set_level("WARNING", logger="cohort.store")
+    out = tmp_path / "out.bin"
+    assert fs.get_file(oid, out) == len(data) and out.read_bytes() == data
+    assert "block 1" in caplog.text and "healed" in caplog.text
+    assert (fs.root.root / "c0" / data_key(oid)).read_bytes() == data
+    _flip(fs, "c0", oid, 9 * MiB)  # block 2 now; copy in place into a bigger file
+    out.write_bytes(b"x" * (20 * MiB))
+    with fs.create_get_stream(oid) as r, open(out, "r+b") as f:
+        assert r.copyto(f) == len(data)
+    assert out.read_bytes() == data + b"x" * (7 * MiB)
+    assert fs.fsck().ok
+
+
+def test_fast_copyto_raises_on_corruption_and_leaves_no_complete_file(fs, tmp_path):
+    data = os.urandom(13 * MiB)
+    oid = fs.put(data)  # one copy: nothing to heal from
+    _flip(fs, "c0", oid, 9 * MiB + 1)  # block 2
+    out = tmp_path / "out.bin"
+    with pytest.raises(CorruptObject):
+        fs.get_file(oid, out)
+    assert out.read_bytes() == data[:8 * MiB]  # the verified blocks, nothing after
+    with fs.create_get_stream(oid) as r, open(out, "wb") as f:
+        f.write(b"head")
+        r.seek(1)
+        with pytest.raises(CorruptObject):
+            r.copyto(f)
+    assert out.read_bytes() == b"head" + data[1:8 * MiB]
+    out.write_bytes(b"y" * (20 * MiB))  # in place: old bytes stay, no corrupt byte lands
+    with fs.create_get_stream(oid) as r, open(out, "r+b") as f:
+        with pytest.raises(CorruptObject):
+            r.copyto(f)
+    assert out.read_bytes() == data[:8 * MiB] + b"y" * (12 * MiB)
+    with fs.create_get_stream(oid, verify=False) as r, open(out, "wb") as f:
+        r.copyto(f)  # unverified: the bytes as stored
+    assert out.stat().st_size == len(data)
+
+
+def test_fast_paths_fall_back_for_non_files(fs, tmp_path):
+    data = os.urandom(9 * MiB + 11)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    oid = fs.put_file(src)
+    buf = io.BytesIO()
+    with fs.create_get_stream(oid) as r:
+        assert r.copyto(buf) == len(data)
+    assert buf.getvalue() == data
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"old")
+    with fs.create_get_stream(oid) as r, open(out, "ab") as f:  # appends ignore offsets
+        r.copyto(f)
+    assert out.read_bytes() == b"old" + data
+    rfd, wfd = os.pipe()
+    got = bytearray()
+
+    def drain():
+        with os.fdopen(rfd, "rb") as p:
+            while chunk := p.read(MiB):
+                got.extend(chunk)
+    import threading
+    t = threading.Thread(target=drain)
+    t.start()
+    with fs.create_get_stream(oid) as r, os.fdopen(wfd, "wb") as p:
+        r.copyto(p)
+    t.join()
+    assert bytes(got) == data
+    with fs.create_put_stream() as w:
+        w.writefile(io.BytesIO(data))
+    assert fs.get(w.oid).data == data
+    rfd, wfd = os.pipe()
+    feeder = threading.Thread(target=lambda: os.fdopen(wfd, "wb").write(data[:3 * MiB]))
+    feeder.start()
+    with os.fdopen(rfd, "rb") as p, fs.create_put_stream() as w:
+        w.writefile(p)
+    feeder.join()
+    assert fs.get(w.oid).data == data[:3 * MiB]
+
+
+def test_failed_fast_put_leaves_nothing(fs, tmp_path, monkeypatch):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(9 * MiB))
+    from cohort.store import filestore
+
+    def broken(self, data):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(filestore._Writer, "write", broken)
+    monkeypatch.setattr(filestore._Writer, "copy_from_fd", lambda *a: broken(None, None))
+    with pytest.raises(OSError, match="No space"):
+        fs.put_file(src, policy="replicate")
+    assert list(fs.ls()) == []
+    assert not list((fs.root.root / "c0" / "tmp").iterdir())
+
+
 def test_store_pickles_as_its_url(s):
     import pickle
     oid = s.put(b"pickled")

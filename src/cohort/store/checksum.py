@@ -61,6 +61,12 @@ def _new(algo: str):
     raise ValueError(f"unknown checksum algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
 
 
+def new_hasher(algo: str):
+    """A fresh hashlib-style object (``update``, ``digest``) for `algo`; a block's
+    stored digest is ``digest()[:digest_size(algo)]``."""
+    return _new(algo)
+
+
 def digest_size(algo: str) -> int:
     """Bytes stored per block for `algo`."""
     return 4 if algo == "crc32" else 16
@@ -118,10 +124,14 @@ class Checksum:
         n = digest_size(self.algo)
         return self.blocks[index * n:(index + 1) * n]
 
+    def block_size(self, index: int) -> int:
+        """The length of block `index` (the last one may be short)."""
+        return self.block if index < self.nblocks - 1 else self.size - index * self.block
+
     def block_ok(self, index: int, data) -> bool:
         """Whether `data` is block `index` as written."""
-        want = self.block if index < self.nblocks - 1 else self.size - index * self.block
-        return len(data) == want and block_digest(self.algo, data) == self.expected(index)
+        return (len(data) == self.block_size(index)
+                and block_digest(self.algo, data) == self.expected(index))
 
     def matches(self, data) -> bool:
         """Whether `data` is the whole object as written (hashed in parallel when large)."""
@@ -163,7 +173,12 @@ class BlockHasher:
 
     def update(self, data) -> None:
         mv = memoryview(data).cast("B")
-        self._size += len(mv)
+        n = len(mv)
+        self._size += n
+        if self._fill + n < self.block:  # within the current block (the usual case)
+            self._h.update(mv)
+            self._fill += n
+            return
         while len(mv):
             take = min(len(mv), self.block - self._fill)
             self._h.update(mv[:take])

@@ -1,9 +1,11 @@
 """Put and get streams: objects larger than memory, as real binary file objects.
 
 A `PutStream` writes through to its first copy's location in the caller's
-chunks (hashing each chunk on another core while the bytes are written), so
-memory stays constant; nothing is visible until `close` commits it, and an
-exception inside ``with`` (or a stream dropped without ``close``) aborts it.
+chunks, hashing them on the way (fast checksums: piece by piece on this core
+while each piece is in the CPU cache; slow ones: on other cores), so memory
+stays constant; nothing is visible until `close` commits it, and an exception
+inside ``with`` (or a stream dropped without ``close``) aborts it. File-to-file
+copies take the fast paths of `cohort.store.fastcopy`.
 
 A `GetStream` is an `io.RawIOBase`: ``read``, ``readinto``, ``seek``, ``tell``.
 It reads the object block by block (4 MiB), verifies each block against the
@@ -17,9 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
-import mmap
 import os
-import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -27,11 +27,12 @@ from typing import Callable
 from ..errors import CorruptObject, StoreError
 from .backend import BlobReader, Location, Missing
 from .checksum import BlockHasher, Checksum, hash_pool
+from .fastcopy import CHUNK, Windows, copy_hashing, copy_verified, fused, pwrite_all, regular_fd
+from .filestore import _kernel_copy
 
 log = logging.getLogger(__name__)
 
-_HASH_ASIDE = 1 << 20  # writes at least this large are hashed on another thread
-_WINDOW = 64 << 20    # file-to-file fast paths map and copy this much at a time
+_HASH_ASIDE = 1 << 20  # writes at least this large: hashed in pieces, or on other threads
 _CACHE_BLOCKS = 8     # verified blocks a get stream keeps for seeks back (random access)
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -99,6 +100,15 @@ class PutStream(io.RawIOBase):
         mv = mv.cast("B")
         n = len(mv)
         try:
+            if n >= _HASH_ASIDE and fused(self._hasher.algo):  # hash each piece, then write it
+                writes = [self._w.write, *(w.write for w in self._tee)]
+                for k in range(0, n, CHUNK):
+                    piece = mv[k:k + CHUNK]
+                    self._hasher.update(piece)
+                    for w in writes:
+                        w(piece)
+                self._size += n
+                return n
             if n >= _HASH_ASIDE:  # hash (block by block, on other threads) while writing
                 pool = hash_pool()
                 futs = [pool.submit(job) for job in self._hasher.plan(mv)]
@@ -121,14 +131,15 @@ class PutStream(io.RawIOBase):
     def writefile(self, f, length: int | None = None) -> int:
         """Append the rest of file `f` (a binary file or a path), at most `length` bytes.
 
-        From a regular file into a file store the bytes are copied inside the
-        kernel (copy_file_range) while they are checksummed straight from the
-        page cache; the source must not change meanwhile. Returns bytes added.
+        From a regular file into a file store the bytes go straight from the
+        source's page cache into every copy, checksummed on the way (see
+        `cohort.store.fastcopy`); the source must not change meanwhile. Returns
+        bytes added.
         """
         if isinstance(f, (str, os.PathLike)):
             with open(f, "rb") as fh:
                 return self.writefile(fh, length)
-        fd = _regular_fd(f)
+        fd = regular_fd(f)
         copy = getattr(self._w, "copy_from_fd", None)
         if fd is None or copy is None:
             return self._writefile_slow(f, length)
@@ -138,12 +149,30 @@ class PutStream(io.RawIOBase):
         end = os.fstat(fd).st_size
         if length is not None:
             end = min(end, start + max(0, length))
-        windows = _Windows(fd, start, end)
+        if end <= start:
+            return 0
         try:
-            if (self._size == 0 and not self._tee and self._replicas and end > start
+            if (self._size == 0 and not self._tee and self._replicas
                     and all(hasattr(loc, "root") for loc in self._replicas)):
                 # file replicas: copy the source into every copy at once (no copy-back)
                 self._tee = [loc.writer(self.oid) for loc in self._replicas]
+            if fused(self._hasher.algo):
+                copy_hashing(fd, start, end, self._hasher,
+                             [w.write for w in [self._w, *self._tee]])
+                self._size += end - start
+            else:
+                self._writefile_kernel(fd, start, end, copy)
+        except BaseException:
+            self.abort()
+            raise
+        f.seek(end)
+        return end - start
+
+    def _writefile_kernel(self, fd: int, start: int, end: int, copy: Callable) -> None:
+        """Kernel copies (copy_file_range) while other cores hash the blocks: for the
+        slow checksums."""
+        windows = Windows(fd, start, end, io_pool())
+        try:
             for pos, n, m in windows:
                 with m as mv:
                     jobs = self._hasher.plan(mv)
@@ -157,13 +186,8 @@ class PutStream(io.RawIOBase):
                             fut.result()
                         del futs
                 self._size += n
-        except BaseException:
-            self.abort()
-            raise
         finally:
             windows.close()
-        f.seek(end)
-        return end - start
 
     def _writefile_slow(self, f, length: int | None) -> int:
         buf = bytearray(8 << 20)
@@ -329,42 +353,109 @@ class GetStream(io.RawIOBase):
         """Write the rest of the object (from the current position) to file `f`
         (a binary file or a path); returns the bytes written.
 
-        From a file store into a regular file the bytes are copied inside the
-        kernel while each block is verified straight from the page cache.
+        From a file store into a regular file the bytes go straight from the
+        stored copy's page cache into the file, each block verified on the way
+        (see `cohort.store.fastcopy`); a bad block is taken from another copy.
+        If a block is bad in every copy, `CorruptObject` is raised and a file
+        this call was extending ends where the verified bytes end.
         """
         self._check()
         if isinstance(f, (str, os.PathLike)):
             with open(f, "wb") as fh:
                 return self.copyto(fh)
         total = 0
-        if self._pos % self._block and self._pos < self._size:  # up to a block boundary
-            head = self.read(self._block - self._pos % self._block)
-            f.write(head)
-            total += len(head)
-        fd = _regular_fd(f, write=True)
+        fd = regular_fd(f, write=True)
         if fd is None or not all(hasattr(loc, "root") for loc in self._locs):
-            while chunk := self.read(self._block):
-                f.write(chunk)
-                total += len(chunk)
-            return total
+            return total + self._copyto_slow(f)
+        self._drop_ahead()  # the blocks go by the fast path from here
+        if self._pos % self._block and self._pos < self._size:  # up to a block boundary
+            idx, off = divmod(self._pos, self._block)
+            blk = self._cache.get(idx)
+            head = memoryview(blk if blk is not None else self._load(idx))[off:]
+            f.write(head)
+            self._pos += len(head)
+            total += len(head)
         f.flush()
-        from .filestore import _kernel_copy
+        at = os.lseek(fd, 0, os.SEEK_CUR)
+        extending = os.fstat(fd).st_size <= at
+        pos0 = self._pos
+        fast = fused(self._cs.algo)
+        if self._verify and not fast and not extending:
+            return total + self._copyto_slow(f)  # in place: never write unverified bytes
+        try:
+            if not self._verify:
+                self._copyto_kernel(fd, at, check=False)
+            elif fast:
+                self._copyto_fused(fd, at, verify_first=not extending)
+            else:
+                self._copyto_kernel(fd, at, check=True)
+        except BaseException:
+            if extending and self._verify:  # keep only the bytes that verified
+                os.ftruncate(fd, at + self._pos - pos0)
+            raise
+        finally:
+            os.lseek(fd, at + self._pos - pos0, os.SEEK_SET)
+            f.seek(at + self._pos - pos0)  # resynchronise a buffered file object
+        return total + self._pos - pos0
+
+    def _copyto_slow(self, f) -> int:
+        total = 0
+        while chunk := self.read(self._block):
+            f.write(chunk)
+            total += len(chunk)
+        return total
+
+    def _copy_source(self) -> int:
+        i = self._first_good()
+        if i is None:
+            raise CorruptObject(f"object {self.oid}: no readable copy ({self._why()})")
+        return i
+
+    def _bad_block(self, i: int, idx: int) -> None:
+        log.warning("object %s: block %d of the copy at %s fails its checksum",
+                    self.oid, idx, self._locs[i].url)
+        with self._lock:
+            self._bad[i] = f"block {idx} corrupt"
+
+    def _copyto_fused(self, fd: int, at: int, verify_first: bool) -> None:
+        """Copy and verify on this core, block by block (fast checksums)."""
+        pos0 = self._pos
         while self._pos < self._size:
-            i = self._first_good()
-            if i is None:
-                raise CorruptObject(f"object {self.oid}: no readable copy ({self._why()})")
+            i = self._copy_source()
+            blocks = copy_verified(self._readers[i].fd, fd, self._cs, self._pos, self._size,
+                                   at + self._pos - pos0, verify_first)
+            try:
+                for idx, n, ok in blocks:
+                    if not ok:  # that block from a good copy, then go on from that copy
+                        self._bad_block(i, idx)
+                        data = self._load(idx)
+                        pwrite_all(fd, data, at + self._pos - pos0)
+                        self._pos += len(data)
+                        break
+                    self._pos += n
+            finally:
+                blocks.close()
+
+    def _copyto_kernel(self, fd: int, at: int, check: bool) -> None:
+        """Kernel copies (copy_file_range) while other cores verify the blocks from
+        the page cache (slow checksums), or without verifying."""
+        pos0 = self._pos
+        while self._pos < self._size:
+            i = self._copy_source()
             src = self._readers[i].fd
-            windows = _Windows(src, self._pos, self._size)
+            if not check:
+                _kernel_copy(src, fd, self._size - self._pos, self._pos)
+                self._pos = self._size
+                return
+            windows = Windows(src, self._pos, self._size, io_pool(),
+                              max(1, (64 << 20) // self._block) * self._block)
             try:
                 for pos, n, m in windows:
                     first = pos // self._block
-                    at = os.lseek(fd, 0, os.SEEK_CUR)
                     with m as mv:
-                        futs = []
-                        if self._verify:
-                            futs = [io_pool().submit(self._cs.block_ok, first + k,
-                                                     mv[k * self._block:(k + 1) * self._block])
-                                    for k in range(-(-n // self._block))]
+                        futs = [io_pool().submit(self._cs.block_ok, first + k,
+                                                 mv[k * self._block:(k + 1) * self._block])
+                                for k in range(-(-n // self._block))]
                         try:
                             _kernel_copy(src, fd, n, pos)
                         finally:
@@ -372,23 +463,34 @@ class GetStream(io.RawIOBase):
                             del futs
                     for k, ok in enumerate(oks):
                         if not ok:  # rewrite that block from a good copy
-                            log.warning("object %s: block %d of the copy at %s fails its "
-                                        "checksum", self.oid, first + k, self._locs[i].url)
-                            with self._lock:
-                                self._bad[i] = f"block {first + k} corrupt"
-                            os.pwrite(fd, self._load(first + k), at + k * self._block)
-                    self._pos += n
-                    total += n
+                            self._pos += k * self._block  # the blocks before it are good
+                            self._bad_block(i, first + k)
+                            data = self._load(first + k)
+                            pwrite_all(fd, data, at + self._pos - pos0)
+                            self._pos += len(data)
+                            break
+                    else:
+                        self._pos += n
+                    os.lseek(fd, at + self._pos - pos0, os.SEEK_SET)
                     if i in self._bad:
                         break  # go on from another copy
             finally:
                 windows.close()
-        f.seek(os.lseek(fd, 0, os.SEEK_CUR))  # resynchronise a buffered file object
-        return total
 
     def close(self) -> None:
         if self.closed:
             return
+        self._drop_ahead()
+        self._cache.clear()
+        for r in self._readers:
+            if r is not None:
+                r.close()
+        super().close()
+        if self._bad and self._on_close is not None:
+            self._on_close([self._locs[i] for i in self._bad])
+
+    def _drop_ahead(self) -> None:
+        """Cancel the read-ahead (and wait for loads already running)."""
         for fut in self._ahead.values():
             fut.cancel()
         for fut in self._ahead.values():
@@ -397,13 +499,6 @@ class GetStream(io.RawIOBase):
             except Exception:
                 pass
         self._ahead.clear()
-        self._cache.clear()
-        for r in self._readers:
-            if r is not None:
-                r.close()
-        super().close()
-        if self._bad and self._on_close is not None:
-            self._on_close([self._locs[i] for i in self._bad])
 
     def _check(self) -> None:
         if self.closed:
@@ -484,73 +579,6 @@ class GetStream(io.RawIOBase):
             raise StoreError(f"object {self.oid}: cannot read block {idx}: {error}") from error
         raise CorruptObject(f"object {self.oid}: every copy is bad ({self._why()}); "
                             "run `cohort store fsck` to see what is left")
-
-
-def _regular_fd(f, write: bool = False) -> int | None:
-    """The OS file descriptor behind `f` if it is a regular file, else None."""
-    try:
-        fd = f.fileno()
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        if write and getattr(f, "mode", "wb").startswith("a"):
-            return None
-        return fd
-    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
-        return None
-
-
-class _mapped:
-    """A read-only, pre-faulted memory map of part of a file, as a memoryview."""
-
-    def __init__(self, fd: int, offset: int, length: int, skip: int = 0):
-        self.mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                            prot=mmap.PROT_READ, offset=offset)
-        self.whole = memoryview(self.mm)
-        self.mv = self.whole[skip:]  # offset must be page-aligned; the view need not be
-
-    def __enter__(self) -> memoryview:
-        return self.mv
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.mv.release()
-            self.whole.release()
-            self.mm.close()
-        except BufferError:  # a slice still referenced somewhere: the GC unmaps it
-            pass
-
-
-class _Windows:
-    """Iterate ``(pos, n, mapping)`` over bytes [start, end) of a file in _WINDOW
-    pieces; the next piece is mapped (and pre-faulted) on another thread while the
-    caller works on the current one. The mapping's view starts exactly at `pos`."""
-
-    def __init__(self, fd: int, start: int, end: int):
-        self.fd, self.end = fd, end
-        self._next = self._submit(start)
-
-    def _submit(self, pos: int) -> Future | None:
-        return io_pool().submit(self._map, pos) if pos < self.end else None
-
-    def _map(self, pos: int):
-        n = min(_WINDOW, self.end - pos)
-        base = pos - pos % mmap.ALLOCATIONGRANULARITY
-        return pos, n, _mapped(self.fd, base, pos - base + n, skip=pos - base)
-
-    def __iter__(self):
-        while self._next is not None:
-            pos, n, m = self._next.result()
-            self._next = self._submit(pos + n)
-            yield pos, n, m
-
-    def close(self) -> None:
-        """Unmap a piece mapped ahead and not used."""
-        if self._next is not None:
-            try:
-                self._next.result()[2].__exit__(None, None, None)
-            except Exception:
-                pass
-            self._next = None
 
 
 def run_all(calls: list) -> None:
