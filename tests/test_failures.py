@@ -246,7 +246,9 @@ def _garbage(key: str, marker: Path) -> list:
     code = f"open({str(marker)!r}, 'w').close()"
     wrong = Session(b"not the cluster key")
     good = Session(key, session_id="forger")
-    valid = good.build("execute", {"code": code}, objects=[b"x" * 10], header={"target": 0})
+    # an array: a buffer frame of its own after the envelope, to truncate or leave out
+    valid = good.build("execute", {"code": code}, objects=[np.zeros(1 << 15)],
+                       header={"target": 0})
     valid = [f.bytes if hasattr(f, "bytes") else bytes(f) for f in valid]
     d = valid.index(DELIM)
     flipped = list(valid)

@@ -9,7 +9,9 @@ frame layout is.
 from __future__ import annotations
 
 import pickle
+import struct
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -18,6 +20,7 @@ import cohort
 from cohort.errors import (CompositeError, ControllerError, EngineError, NoEnginesError,
                            RemoteError, TaskAborted, error_from_content)
 from cohort.wire import BATCH, DELIM, InvalidMessage, Session, batch, deserialize, serialize
+from cohort.wire.protocol import INLINE
 
 KEY = b"k" * 32
 BIG = 256 * 1024  # bytes: well above the size at which buffers go out of band
@@ -107,8 +110,8 @@ def _three(session):
 def test_batch_round_trip_keeps_order_buffers_and_routing(session):
     msgs = _three(session)
     frames = wire(batch(msgs))
-    # the index, then each message's object frames in turn (an array: its pickle + its buffer)
-    assert frames[0] == BATCH and len(frames) == 2 + 2 + 0 + 3
+    # the index, then each array's buffer; the small pickle streams travel in the envelopes
+    assert frames[0] == BATCH and len(frames) == 2 + 1 + 0 + 1
     got = Session(KEY).receive_all([b"client-1", *frames])
     assert [m.content["n"] for m in got] == [1, 2, 3]
     assert all(m.idents == [b"client-1"] for m in got)
@@ -220,7 +223,7 @@ def test_every_single_bit_flip_in_the_signed_part_is_rejected(session):
 
 def test_tampered_pickle_stream_rejected(session):
     """Pickle streams are code: they must be covered by the signature."""
-    obj = {"payload": "PICKLEMARK" * 3}
+    obj = {"payload": "PICKLEMARK" * 3, "pad": "x" * INLINE}  # too big to travel inline
     frames = wire(session.build("push", {}, objects=[obj]))
     stream = _b(serialize(obj)[0])
     assert stream in frames, "the pickle stream should travel as its own frame"
@@ -229,7 +232,7 @@ def test_tampered_pickle_stream_rejected(session):
     with pytest.raises(InvalidMessage):
         Session(KEY).unpack(flip(frames, i, j))
     # swapping in another valid pickle of the same length is also refused
-    evil = _b(serialize({"payload": "PICKLEMARX" * 3})[0])
+    evil = _b(serialize({"payload": "PICKLEMARX" * 3, "pad": "x" * INLINE})[0])
     assert len(evil) == len(stream)
     forged = list(frames)
     forged[i] = evil
@@ -319,6 +322,39 @@ def test_small_objects_are_one_frame():
     frames = serialize({"a": 1, "b": b"x" * 100})
     assert len(frames) == 1
     assert deserialize(frames) == {"a": 1, "b": b"x" * 100}
+
+
+def test_small_pickle_streams_travel_inside_the_envelope(session):
+    """A small call is one frame after the delimiter; big streams and arrays keep theirs."""
+    arr = np.arange(BIG // 8, dtype=np.float64)
+    big_stream = list(range(10_000))  # pickles to more than INLINE bytes, in band
+    frames = wire(session.build("apply", {"k": 1}, objects=[(1, 2), "x" * 50]))
+    assert frames[0] == DELIM and len(frames) == 2
+    assert Session(KEY).unpack(frames).objects() == [(1, 2), "x" * 50]
+    frames = wire(session.build("apply", {}, objects=["small", arr, big_stream, 7]))
+    assert len(frames) == 2 + 1 + 1  # the array's buffer; the big list's stream
+    msg = Session(KEY).unpack(frames)
+    small, a, big, seven = msg.objects()
+    assert small == "small" and big == big_stream and seven == 7
+    np.testing.assert_array_equal(a, arr)
+
+
+def test_tampered_inline_stream_rejected(session):
+    frames = wire(session.build("apply", {}, objects=["payload-to-tamper"]))
+    i, pos = locate(frames, b"payload-to-tamper")
+    assert i == 1  # it is in the envelope
+    with pytest.raises(InvalidMessage):
+        Session(KEY).unpack(flip(frames, i, pos))
+
+
+@pytest.mark.parametrize("inl", [[6], [0, 1], [-1], "x", [10**9]])
+def test_bad_inline_lengths_rejected(session, inl):
+    """A signed header with nonsense inline lengths is refused, not trusted."""
+    hdr = msgpack.packb({"id": "i", "t": "apply", "s": "tester", "parts": [0], "inl": inl})
+    hc = struct.pack("!I", len(hdr)) + hdr + msgpack.packb({}) + b"abcde"
+    frames = [DELIM, session._sign([hc]) + hc]
+    with pytest.raises(InvalidMessage):
+        Session(KEY).unpack(frames).objects()
 
 
 def test_closures_and_lambdas_serialize_by_value():

@@ -64,9 +64,14 @@ class Policy:
         return replace(self, **changes) if changes else self
 
     def wire(self) -> dict:
-        """The settings that differ from the defaults, as the controller reads them."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) != f.default}
+        """The settings that differ from the defaults, as the controller reads them
+        (made once per policy: do not change the dict)."""
+        w = self.__dict__.get("_wire")
+        if w is None:
+            w = {f.name: getattr(self, f.name) for f in fields(self)
+                 if getattr(self, f.name) != f.default}
+            self.__dict__["_wire"] = w  # frozen: every call would give the same
+        return w
 
 
 POLICY_KEYS = frozenset(f.name for f in fields(Policy))

@@ -26,10 +26,11 @@ OUTPUT_CAP = 1 << 20  # characters of stdout/stderr kept per task and stream
 
 def pack_frames(frames, max_bytes: int) -> bytes | None:
     """The frames after the routing delimiter as one blob, or None if too large."""
-    parts = [memoryview(f.buffer if hasattr(f, "buffer") else f) for f in frames]
-    if sum(p.nbytes for p in parts) > max_bytes:
+    parts = [f if type(f) is bytes else memoryview(f.buffer if hasattr(f, "buffer") else f)
+             for f in frames]
+    if sum(len(p) if type(p) is bytes else p.nbytes for p in parts) > max_bytes:
         return None
-    return msgpack.packb([p.tobytes() for p in parts], use_bin_type=True)
+    return msgpack.packb(parts, use_bin_type=True)  # memoryviews pack as bytes, without a copy
 
 
 def unpack_frames(blob: bytes) -> list:

@@ -131,7 +131,7 @@ class LoadBalancing:
 
     def _free_engines(self) -> list:
         return [e for e in self.engines.values()
-                if len(e.inflight) < self.window_of(e) and not e.queue and e.stuck is None]
+                if len(e.inflight) < e.lb_window and not e.queue and e.stuck is None]
 
     def schedule(self) -> None:
         """Place ready tasks on engines with room, clients taking turns."""
@@ -152,7 +152,7 @@ class LoadBalancing:
                     if rec is not None:
                         del q[i]
                         self._place(task, rec)
-                        if len(rec.inflight) >= self.window_of(rec):
+                        if len(rec.inflight) >= rec.lb_window:
                             free.remove(rec)
                         placed = True
                         break

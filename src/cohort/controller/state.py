@@ -21,7 +21,7 @@ from .scheduler import LoadBalancing
 class EngineRecord:
     __slots__ = ("id", "ident", "uuid", "host", "pid", "starttime", "local", "registered",
                  "last_beat", "queue", "inflight", "completed", "failed", "info", "stuck",
-                 "run_time")
+                 "run_time", "lb_window")
 
     def __init__(self, eid: int, uuid: str, info: dict, local: bool = False):
         self.id = eid
@@ -40,6 +40,7 @@ class EngineRecord:
         self.info = info
         self.stuck: tuple | None = None  # (task id, kill-after time) once told to stop a task
         self.run_time: float | None = None  # seconds a task takes here, smoothed over the last few
+        self.lb_window = 0  # load-balanced tasks in flight here at most (see `window_of`)
 
     @property
     def state(self) -> str:
@@ -112,6 +113,7 @@ class HubState(LoadBalancing):
             eid = self._next_id
             self._next_id += 1
         rec = EngineRecord(eid, uuid, info, local)
+        rec.lb_window = self.lb_window
         self.engines[eid] = rec
         self.by_uuid[uuid] = eid
         self.schedule()  # waiting load-balanced work goes to it at once
@@ -175,6 +177,7 @@ class HubState(LoadBalancing):
             return None, []
         if took is not None and took >= 0:
             rec.run_time = took if rec.run_time is None else 0.8 * rec.run_time + 0.2 * took
+            rec.lb_window = self.window_of(rec)
         entry = rec.inflight.pop(msg_id, None)
         task = None
         if entry is not None and entry.zombie:

@@ -13,8 +13,11 @@ a 2-core machine those sends dominate a small message's latency.
   ``parts``: how many frames each serialized object in ``buffers`` spans.
 * ``buffers`` are the frames of zero or more serialized objects (see
   `serialize`): per object a pickle stream, then its raw out-of-band buffers.
-* ``signature`` is HMAC-SHA256 over header, content and every pickle stream,
-  keyed with the cluster key. Raw out-of-band buffers (array memory) are not
+  A pickle stream of up to `INLINE` bytes travels at the end of the envelope
+  instead (header ``inl``: each object's inline stream length, 0 if it is
+  the object's first frame), so a small call is one frame, not three.
+* ``signature`` is HMAC-SHA256 over header, content, inline streams and every
+  other pickle stream, keyed with the cluster key. Raw out-of-band buffers (array memory) are not
   hashed, so a 100 MB array costs no hashing; they can only ever be read as
   data, never executed, and their exact lengths are signed in the header
   (``blen``), so nothing can be swapped in without the key.
@@ -51,6 +54,7 @@ from .serialize import Serialized, deserialize, serialize
 log = logging.getLogger(__name__)
 
 DELIM = b"<COHORT>"
+INLINE = 16 * 1024  # pickle streams up to this many bytes travel inside the envelope
 BATCH = b"<COHORT+>"  # instead of DELIM: several messages follow (see the module's text)
 _SIGLEN = 32
 _HLEN = struct.Struct("!I")
@@ -71,14 +75,15 @@ class Message:
     """A received, verified message. `frames` keeps the raw parts (from the
     delimiter on) so a message can be forwarded without re-signing."""
 
-    __slots__ = ("idents", "header", "content", "buffers", "frames")
+    __slots__ = ("idents", "header", "content", "buffers", "frames", "inline")
 
-    def __init__(self, idents, header, content, buffers, frames):
+    def __init__(self, idents, header, content, buffers, frames, inline=b""):
         self.idents = idents
         self.header = header
         self.content = content
         self.buffers = buffers
         self.frames = frames
+        self.inline = inline  # the pickle streams carried in the envelope
 
     @property
     def type(self) -> str:
@@ -103,8 +108,14 @@ class Message:
                 bufs = shm.restore(bufs, self.header["shm"], not self.header.get("shm_keep"))
             except (OSError, ValueError, TypeError) as e:
                 raise InvalidMessage(f"shared-memory buffer unavailable: {e}") from None
-        for n in self.header.get("parts", ()):
-            out.append(bufs[pos:pos + n])
+        inl = self.header.get("inl")
+        off = 0
+        for i, n in enumerate(self.header.get("parts", ())):
+            if inl and inl[i]:
+                out.append([self.inline[off:off + inl[i]], *bufs[pos:pos + n]])
+                off += inl[i]
+            else:
+                out.append(bufs[pos:pos + n])
             pos += n
         return out
 
@@ -152,21 +163,26 @@ class Session:
         if header:
             hdr.update(header)
         bufs = ()
-        if payload is not None and payload.bufs:
+        inline = b""
+        if payload is not None and payload.parts:
             bufs = payload.bufs
             hdr["parts"] = payload.parts
-            hdr["blen"] = payload.blen
+            if payload.inl is not None:
+                hdr["inl"] = payload.inl
+                inline = payload.inline
+            if bufs:
+                hdr["blen"] = payload.blen
             if payload.shm:
                 hdr["shm"] = payload.shm
                 if payload.shared:
                     hdr["shm_keep"] = True
-        return self.frames_for(hdr, content, bufs)
+        return self.frames_for(hdr, content, bufs, inline)
 
-    def frames_for(self, header: dict, content: dict | None, bufs=()) -> list:
+    def frames_for(self, header: dict, content: dict | None, bufs=(), inline=b"") -> list:
         h = _packb(header)
-        hc = _HLEN.pack(len(h)) + h + _packb(content or {})
+        hc = _HLEN.pack(len(h)) + h + _packb(content or {}) + inline
         signed = [hc]
-        signed.extend(bufs[i] for i in stream_indices(header.get("parts", ())))
+        signed.extend(bufs[i] for i in stream_indices(header.get("parts", ()), header.get("inl")))
         return [DELIM, self._sign(signed) + hc, *bufs]
 
     def receive(self, frames, route: bool = True) -> "Message | None":
@@ -194,9 +210,9 @@ class Session:
             log.warning("dropped an invalid batch (%s)", e)
             return []
         out = []
-        for env, bufs in parts:
+        for env, bufs, header in parts:
             try:
-                out.append(self._decode(idents, env, bufs, [DELIM, env, *bufs]))
+                out.append(self._decode(idents, env, bufs, [DELIM, env, *bufs], header))
             except InvalidMessage as e:
                 log.warning("dropped an invalid message in a batch (%s)", e)
         return out
@@ -215,24 +231,37 @@ class Session:
             raise InvalidMessage("truncated message (nothing after the delimiter)")
         return self._decode(idents, _bytes(rest[0]), [_view(f) for f in rest[1:]], frames[pos:])
 
-    def _decode(self, idents, env: bytes, bufs: list, frames) -> Message:
+    def _decode(self, idents, env: bytes, bufs: list, frames, header=None) -> Message:
+        """Check and decode one envelope and its buffers (`header`: already decoded)."""
         if len(env) < _SIGLEN + _HLEN.size:
             raise InvalidMessage(f"truncated envelope ({len(env)} bytes)")
         sig, hc = env[:_SIGLEN], env[_SIGLEN:]
         (hlen,) = _HLEN.unpack_from(hc)
-        h, c = hc[_HLEN.size:_HLEN.size + hlen], hc[_HLEN.size + hlen:]
+        inline = b""
         try:
-            header = _unpackb(h)
+            if header is None:
+                header = _unpackb(hc[_HLEN.size:_HLEN.size + hlen])
             if not isinstance(header, dict):
                 raise InvalidMessage("header is not a map")
-            parts = header.get("parts", ())
-            signed = [hc]
-            signed.extend(bufs[i] for i in stream_indices(parts))
+            parts = header.get("parts")
+            inl = header.get("inl")
+            h = self._hmac.copy()
+            h.update(hc)
+            if parts:
+                for i in stream_indices(parts, inl):
+                    h.update(bufs[i])
+            end = len(hc)
+            if inl:
+                end -= sum(inl)
+                if end < _HLEN.size + hlen:
+                    raise InvalidMessage("inline streams longer than the envelope")
+                inline = hc[end:]
+            c = hc[_HLEN.size + hlen:end]
         except InvalidMessage:
             raise
         except Exception as e:  # bad msgpack, bad parts
             raise InvalidMessage(f"undecodable header: {e}") from None
-        if not hmac.compare_digest(sig, self._sign(signed)):
+        if not hmac.compare_digest(sig, h.digest()):
             raise InvalidMessage("bad signature")
         blen = header.get("blen")
         if blen is not None and [b.nbytes for b in bufs] != list(blen):
@@ -243,7 +272,7 @@ class Session:
             content = _unpackb(c)
         except Exception as e:
             raise InvalidMessage(f"undecodable content: {e}") from None
-        return Message(idents, header, content, bufs, frames)
+        return Message(idents, header, content, bufs, frames, inline)
 
 
 def batch(messages: list) -> list:
@@ -287,7 +316,7 @@ def _split_batch(rest):
             raise InvalidMessage(f"undecodable header in a batch: {e}") from None
         if used + k > len(bufs):
             raise InvalidMessage("a batch has fewer buffers than its messages name")
-        yield env, bufs[used:used + k]
+        yield env, bufs[used:used + k], header
         used += k
     if used != len(bufs):
         raise InvalidMessage("a batch has buffers no message names")
@@ -301,16 +330,18 @@ class Payload:
     unlinks what it mapped.
     """
 
-    __slots__ = ("bufs", "parts", "blen", "shm", "shared")
+    __slots__ = ("bufs", "parts", "blen", "shm", "shared", "inl", "inline")
 
     def __init__(self, objects, shm_ok: bool = False, shared: bool = False):
-        bufs, parts = serialize_objects(objects)
+        bufs, parts, inl, inline = serialize_objects(objects)
         self.parts = parts
+        self.inl = inl if any(inl) else None
+        self.inline = b"".join(inline)
         self.shared = shared
         self.shm = None
         if shm_ok and shm.enabled():
             hdr: dict = {}
-            bufs = shm.offload(bufs, set(stream_indices(parts)), hdr)
+            bufs = shm.offload(bufs, set(stream_indices(parts, self.inl)), hdr)
             self.shm = hdr.get("shm")
         self.bufs = bufs
         self.blen = [memoryview(b).nbytes for b in bufs]
@@ -322,23 +353,40 @@ class Payload:
             self.shm = None
 
 
-def serialize_objects(objects) -> tuple[list, list]:
+def serialize_objects(objects) -> tuple[list, list, list, list]:
+    """(buffers, frames per object in them, inline stream lengths, inline streams)."""
     bufs: list = []
     parts: list = []
+    inl: list = []
+    inline: list = []
     for obj in objects:
         p = obj.frames if isinstance(obj, Serialized) else serialize(obj)
-        bufs.extend(p)
-        parts.append(len(p))
-    return bufs, parts
+        n = memoryview(p[0]).nbytes
+        if 0 < n <= INLINE:
+            inline.append(p[0])
+            inl.append(n)
+            bufs.extend(p[1:])
+            parts.append(len(p) - 1)
+        else:
+            inl.append(0)
+            bufs.extend(p)
+            parts.append(len(p))
+    return bufs, parts, inl, inline
 
 
-def stream_indices(parts) -> list:
+def stream_indices(parts, inl=None) -> list:
+    """Where each object's pickle stream is among the buffers (unless it is inline)."""
     out = []
     pos = 0
-    for n in parts:
-        if not isinstance(n, int) or n < 1:
+    if inl is not None and (not isinstance(inl, list) or len(inl) != len(parts)):
+        raise InvalidMessage("bad inline list")
+    for i, n in enumerate(parts):
+        inline = inl[i] if inl is not None else 0
+        if not isinstance(n, int) or not isinstance(inline, int) or inline < 0 \
+                or n < (0 if inline else 1):
             raise InvalidMessage("bad parts list")
-        out.append(pos)
+        if not inline:
+            out.append(pos)
         pos += n
     return out
 

@@ -18,8 +18,30 @@ import cloudpickle
 OOB_THRESHOLD = 64 * 1024
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None), complex})
+
+
+def _plain(obj, budget: list) -> bool:
+    """Only numbers, strings and small containers of them (pickled the same by
+    `pickle` as by cloudpickle, and faster); `budget` bounds the look."""
+    t = type(obj)
+    if t in _PLAIN or (t is bytes and len(obj) < OOB_THRESHOLD):
+        return True
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    if t is tuple or t is list:
+        return len(obj) <= 16 and all(_plain(x, budget) for x in obj)
+    if t is dict:
+        return len(obj) <= 16 and all(_plain(k, budget) and _plain(v, budget)
+                                      for k, v in obj.items())
+    return False
+
+
 def serialize(obj) -> list:
     """Pickle `obj`; return [stream, *out_of_band_buffers]."""
+    if _plain(obj, [8]):  # e.g. a task's (args, kwargs) of numbers: the common small call
+        return [pickle.dumps(obj, protocol=5)]
     buffers: list = []
 
     def keep_large(pb: pickle.PickleBuffer):
