@@ -156,9 +156,14 @@ class PutStream(io.RawIOBase):
                     and all(hasattr(loc, "root") for loc in self._replicas)):
                 # file replicas: copy the source into every copy at once (no copy-back)
                 self._tee = [loc.writer(self.oid) for loc in self._replicas]
-            if fused(self._hasher.algo):
-                copy_hashing(fd, start, end, self._hasher,
-                             [w.write for w in [self._w, *self._tee]])
+            if fused(self._hasher.algo):  # replicas: kernel copies on the other cores
+                futs = [io_pool().submit(w.copy_from_fd, fd, start, end - start)
+                        for w in self._tee]
+                try:
+                    copy_hashing(fd, start, end, self._hasher, [self._w.write])
+                finally:
+                    for fut in futs:
+                        fut.result()
                 self._size += end - start
             else:
                 self._writefile_kernel(fd, start, end, copy)
