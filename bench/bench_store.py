@@ -14,7 +14,8 @@ cannot drop caches, so every row is warm-page-cache) is copied
   the kernel) — the reference;
 * into the store through ``create_put_stream``: a Python loop (the file read
   with ``readinto`` into one 8 MiB buffer, each chunk passed to ``w.write``),
-  and ``w.writefile(f)`` (kernel copy, checksummed from the page cache);
+  and ``w.writefile(f)`` (from the source's page cache, each 256 KiB piece
+  hashed then written while in the CPU cache; see cohort/store/fastcopy.py);
   policy ``single``, and ``replicate`` (2 copies: twice the bytes written);
 * out of the store through ``create_get_stream`` to a file:
   ``shutil.copyfileobj(r, out, 4 MiB)`` (with block verification, the
@@ -28,8 +29,10 @@ beside cohort's put/get streams doing the same file-to-object copies
 MB/s = 10**6 bytes / second; best and median of ``--repeats`` rounds (each
 round runs every case once, so a noisy neighbour slows all of them alike).
 "vs cp" is the median over rounds of cp's time / the case's time in that round. The
-store checksums every byte (CRC-32 per 4 MiB block by default; the rows marked
-sha256 use a store opened with ``checksum="sha256"``); cp and boto3 do not.
+store checksums every byte (XXH3-128 per 4 MiB block, the default; the rows marked
+sha256 use a store opened with ``checksum="sha256"``, whose file paths copy inside
+the kernel while other cores hash); cp and boto3 do not. The load average is
+printed before and after: on a shared machine it says how far to trust a run.
 """
 
 from __future__ import annotations
@@ -127,12 +130,12 @@ def bench_file(work: Path, nbytes: int, repeats: int) -> list[tuple[str, list[fl
             os.unlink(dst)
         return get
 
-    for algo in ("crc32", "sha256"):
+    for algo in ("xxh3", "sha256"):
         s = store.open(f"file://{work}/store-{algo}", checksum=algo)
-        tag = "" if algo == "crc32" else ", sha256"
+        tag = "" if algo == "xxh3" else ", sha256"
         puts = [("single", "write"), ("single", "writefile")]
         gets = [(True, "read"), (True, "copyto")]
-        if algo == "crc32":
+        if algo == "xxh3":
             puts.append(("replicate", "writefile"))
             gets.append((False, "read"))
         for policy, how in puts:
@@ -217,6 +220,7 @@ def main() -> None:
               file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="cohort-bench-store-", dir=args.dir))
     results = []
+    load_before = os.getloadavg()
     try:
         for name, times in bench_file(work, nbytes, args.repeats):
             results.append(("file", nbytes, name, times))
@@ -236,7 +240,8 @@ def main() -> None:
 
     cp_times = results[0][3]
     print(f"\nobject store throughput, {platform.node()} ({os.cpu_count()} CPUs), "
-          f"Python {platform.python_version()}, warm page cache; MB = 10**6 bytes")
+          f"Python {platform.python_version()}, warm page cache; MB = 10**6 bytes; "
+          f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
     print("| what | size MiB | MB/s best | MB/s median | vs cp (median of rounds) |")
     print("|---|---:|---:|---:|---:|")
     out = []
