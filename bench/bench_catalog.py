@@ -152,20 +152,26 @@ def make_queries(nq: int, n: int, seed: int = 2) -> dict[str, list[dict]]:
     }
 
 
-def run_queries(cat, queries) -> dict[str, tuple[float, float, float]]:
+def run_queries(cat, queries, answers: dict | None = None
+                ) -> dict[str, tuple[float, float, float]]:
+    """Median and p95 ms and mean hits per query kind; `answers[kind]` gets
+    each query's oids."""
     out = {}
     for kind, qs in queries.items():
         for q in qs[:3]:
             cat.query(**q)   # warm caches
-        times, hits = [], []
+        times, hits, got = [], [], []
         for q in qs:
             t = time.perf_counter()
             res = cat.query(**q)
             times.append((time.perf_counter() - t) * 1000)
             hits.append(len(res))
+            got.append([r.oid for r in res])
         times.sort()
         out[kind] = (statistics.median(times), times[int(0.95 * (len(times) - 1))],
                      statistics.mean(hits))
+        if answers is not None:
+            answers[kind] = got
     return out
 
 
@@ -186,6 +192,7 @@ def main() -> None:
     queries = make_queries(args.queries, args.n)
     results: dict[str, dict] = {}
     ingest_s: dict[str, float] = {}
+    answers: dict[str, dict] = {}
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="cohort-bench-cat-"))
     if "sqlite" in backends:
         path = tmp / "catalog.db"
@@ -195,7 +202,7 @@ def main() -> None:
             ingest_s["sqlite"] = ingest(cat, args.n)
             print(f"sqlite: {len(cat)} footprints ingested in {ingest_s['sqlite']:.1f} s "
                   f"({os.path.getsize(path) / 1e6:.0f} MB)", flush=True)
-            results["sqlite"] = run_queries(cat, queries)
+            results["sqlite"] = run_queries(cat, queries, answers.setdefault("sqlite", {}))
     if "postgis" in backends:
         from pg import PostgresServer
         # a server sized for the data, as a site would run it
@@ -204,12 +211,15 @@ def main() -> None:
                 ingest_s["postgis"] = ingest(cat, args.n)
                 print(f"postgis: {len(cat)} footprints ingested in {ingest_s['postgis']:.1f} s",
                       flush=True)
-                results["postgis"] = run_queries(cat, queries)
+                results["postgis"] = run_queries(cat, queries,
+                                                 answers.setdefault("postgis", {}))
             with store.catalog(server.url, exact="client") as cat:
-                results["pg-client"] = run_queries(cat, queries)
+                results["pg-client"] = run_queries(cat, queries,
+                                                   answers.setdefault("pg-client", {}))
                 ingest_s["pg-client"] = ingest_s["postgis"]
     print(f"\ncatalog queries at {args.n:,} footprints, {args.queries} queries per kind "
-          "(ms per query, end to end)")
+          "(ms per query, end to end); load average now "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     head = f"{'query':<22}" + "".join(f"{b + ' median':>18}{'p95':>8}{'hits':>6}"
                                        for b in results)
     print(head)
@@ -220,6 +230,14 @@ def main() -> None:
             row += f"{med:>18.2f}{p95:>8.2f}{hits:>6.0f}"
         print(row)
     print("ingest (s)".ljust(22) + "".join(f"{ingest_s[b]:>18.1f}{'':>14}" for b in results))
+    first = next(iter(answers), None)
+    for b in answers:
+        differ = [kind for kind in queries if answers[b][kind] != answers[first][kind]]
+        if differ:
+            print(f"DIFFERENT ANSWERS: {b} and {first} for {', '.join(differ)}")
+    if len(answers) > 1:
+        print("same hits on every backend for every query" if all(
+            answers[b] == answers[first] for b in answers) else "backends DISAGREE")
 
 
 if __name__ == "__main__":
