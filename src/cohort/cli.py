@@ -396,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds of silence after which an engine is dead (2.5)")
     sp.add_argument("--window", type=int, default=8, help="direct tasks in flight per engine (8)")
     sp.add_argument("--lb-window", type=int, default=2,
-                    help="load-balanced tasks in flight per engine (2)")
+                    help="load-balanced tasks in flight per engine (2); more, up to 64, "
+                         "for tasks shorter than about 1 ms")
     sp.add_argument("--kill-grace", type=float, default=3.0,
                     help="seconds an engine has to stop a timed-out task before it is killed (3)")
     sp.add_argument("--db", default=os.environ.get("COHORT_DB"),

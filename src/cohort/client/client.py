@@ -57,8 +57,9 @@ class Client:
         self._watch = HeartbeatWatch(self._ctx, self.info.url("hb_ping"), controller_timeout,
                                      self.info)
         self.controller_timeout = controller_timeout
-        self._send_lock = threading.Lock()
-        self._outq: list = []  # tasks to send in the I/O thread's next batch (under _send_lock)
+        self._send_lock = threading.Lock()   # held while sending: batches go out in order
+        self._queue_lock = threading.Lock()  # guards _outq only, so submitting never waits for a send
+        self._outq: list = []  # tasks to send in the I/O thread's next batch
         self._wake_r, self._wake_w = os.pipe()  # tells the I/O thread there is something to send
         os.set_blocking(self._wake_r, False)
         self._pending_lock = threading.Lock()  # guards swapping the two dicts below
@@ -252,25 +253,23 @@ class Client:
         """
         if self._closed:
             raise ControllerError("this client is closed")
-        with self._send_lock:
-            if batchable or self._outq:
+        if batchable:
+            with self._queue_lock:
                 first = not self._outq
                 self._outq.extend(messages)
-                if not batchable:  # anything else goes now, after what was queued
-                    self._flush_locked()
-                elif first:
-                    os.write(self._wake_w, b"!")
-                return
-            send_frames(self._send_sock, batch(list(messages)))
+            if first:
+                os.write(self._wake_w, b"!")
+            return
+        self._flush(messages)  # after anything queued: order is kept
 
-    def _flush(self) -> None:
+    def _flush(self, messages=()) -> None:
+        """Send what is queued, then `messages`, as one batch."""
         with self._send_lock:
-            self._flush_locked()
-
-    def _flush_locked(self) -> None:
-        if self._outq:
-            queued, self._outq = self._outq, []
-            send_frames(self._send_sock, batch(queued))
+            with self._queue_lock:
+                queued, self._outq = self._outq, []
+            queued.extend(messages)
+            if queued:
+                send_frames(self._send_sock, batch(queued))
 
     def _submit(self, kind: str, targets: list, content=None, objects=(), single=False,
                 reduce=None, per_target=None) -> AsyncResult:
