@@ -10,7 +10,8 @@ import zmq
 class HeartbeatWatch:
     """Subscribes to the controller's pings and says when it has been silent too long.
 
-    Register `socket` in the caller's poller and pass each poll's events to `silent`.
+    Register `socket` in the caller's poller and pass each poll's events to
+    `silent`, or call `check` now and then without polling it.
     Pings carry the controller's instance id; `restarted` is set when it
     changes (a new controller took over the same address), for the caller to
     clear once it has reconnected.
@@ -30,16 +31,31 @@ class HeartbeatWatch:
 
     def silent(self, events) -> bool:
         """True if no ping came for `timeout` seconds (pings in `events` are consumed)."""
-        now = time.monotonic()
-        if self.socket in events:
-            while self.socket.poll(0):
-                instance = self.socket.recv().partition(b":")[0]
-                if self.instance is not None and instance != self.instance:
-                    self.restarted = True
-                self.instance = instance
-            self.last = now
+        if self.socket in events and self._consume():
             return False
-        return now - self.last > self.timeout
+        return time.monotonic() - self.last > self.timeout
+
+    def check(self) -> bool:
+        """`silent`, reading whatever pings came (for a caller that does not poll them)."""
+        if self._consume():
+            return False
+        return time.monotonic() - self.last > self.timeout
+
+    def _consume(self) -> bool:
+        got = False
+        while True:
+            try:
+                ping = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            instance = ping.partition(b":")[0]
+            if self.instance is not None and instance != self.instance:
+                self.restarted = True
+            self.instance = instance
+            got = True
+        if got:
+            self.last = time.monotonic()
+        return got
 
     def know(self, instance: str | None) -> None:
         """The controller we registered with (pings from another mean a restart)."""

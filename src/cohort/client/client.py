@@ -100,8 +100,8 @@ class Client:
         sock, watch = self._recv_sock, self._watch
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(watch.socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        next_watch = 0.0
         while not self._closed:
             try:
                 events = dict(poller.poll(100))
@@ -109,12 +109,15 @@ class Client:
                     os.read(self._wake_r, 4096)
                 if self._outq:
                     self._flush()
-                if watch.restarted:
-                    watch.restarted = False
-                    self._resume()
-                if watch.silent(events):
-                    self._controller_lost()
-                    watch.reset()
+                now = time.monotonic()
+                if now >= next_watch:  # the controller's pings: read a few times a second
+                    next_watch = now + 0.1
+                    if watch.check():
+                        self._controller_lost()
+                        watch.reset()
+                    if watch.restarted:
+                        watch.restarted = False
+                        self._resume()
                 if sock not in events:
                     continue
                 frames = sock.recv_multipart(copy=False)

@@ -118,7 +118,9 @@ class Controller(RestartRecovery):
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         poller = zmq.Poller()
-        for s in (self.client_sock, self.engine_sock, self.hb_pong, self.monitor):
+        # heartbeat answers are read once a period, just before they are judged:
+        # every socket polled costs system calls on each turn of the loop
+        for s in (self.client_sock, self.engine_sock, self.monitor):
             poller.register(s, zmq.POLLIN)
         handlers = {self.client_sock: self.on_client, self.engine_sock: self.on_engine}
         next_beat = time.monotonic()
@@ -131,9 +133,7 @@ class Controller(RestartRecovery):
                 wait = max(0.0, wake - time.monotonic())
                 events = poller.poll(int(wait * 1000) + 1)
                 for sock, _ in events:
-                    if sock is self.hb_pong:
-                        self._drain_pongs()
-                    elif sock is self.monitor:
+                    if sock is self.monitor:
                         self._on_monitor()
                     else:
                         self._drain(sock, handlers[sock])
@@ -170,6 +170,7 @@ class Controller(RestartRecovery):
 
     # --- heartbeats and death ---------------------------------------------
     def _heartbeat(self, now: float) -> None:
+        self._drain_pongs()
         self._beat += 1
         self.hb_ping.send(self.instance + b":" + str(self._beat).encode())
         self.expire_limbo(now)
@@ -178,7 +179,7 @@ class Controller(RestartRecovery):
 
     def _drain_pongs(self) -> None:
         now = time.monotonic()
-        for _ in range(DRAIN):
+        for _ in range(64 * DRAIN):  # a period's answers from every engine
             try:
                 ident, *_rest = self.hb_pong.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
