@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import struct
 import threading
 
 from ..errors import CatalogError
 from .catalog_core import Catalog, Query, Record, Row, from_us, result_order, spatial_mask
-from .geo import EARTH_RADIUS_KM, Footprint, to_xyz
+from .geo import EARTH_RADIUS_KM, Footprint
 
 log = logging.getLogger(__name__)
 
@@ -65,86 +64,41 @@ _CMIN = 0.2
 _MARGIN = 1e-7
 
 
-def _polys(fp: Footprint) -> list[list[list[tuple[float, float, float]]]]:
-    """`fp`'s polygons as lists of rings of unit vectors."""
-    polys: dict[int, list] = {}
-    for r in fp.rings:
-        polys.setdefault(r.poly, []).append(r.xyz)
-    return list(polys.values())
-
-
-def _faces(fp) -> list[int]:
+def _faces(fp: Footprint) -> list[int]:
     """The cube faces (0-2: +x, +y, +z; 3-5: -x, -y, -z) whose hemisphere holds
-    `fp` (a `Footprint` or `_polys`) with margin `_CMIN`, the most central first."""
+    `fp` with margin `_CMIN`, the most central first."""
     lo = [2.0, 2.0, 2.0]
     hi = [-2.0, -2.0, -2.0]
-    for poly in (_polys(fp) if isinstance(fp, Footprint) else fp):
-        for ring in poly:
-            for v in ring:
-                for k in (0, 1, 2):
-                    c = v[k]
-                    if c < lo[k]:
-                        lo[k] = c
-                    if c > hi[k]:
-                        hi[k] = c
+    for r in fp.rings:
+        for v in r.xyz:
+            for k in (0, 1, 2):
+                c = v[k]
+                if c < lo[k]:
+                    lo[k] = c
+                if c > hi[k]:
+                    hi[k] = c
     margins = [(lo[k], k) for k in (0, 1, 2)] + [(-hi[k], k + 3) for k in (0, 1, 2)]
     return [f for m, f in sorted(margins, reverse=True) if m >= _CMIN]
 
 
-def _gnomonic(fp, face: int) -> str:
-    """`fp` (a `Footprint` or `_polys`) projected from the Earth's centre onto
-    the plane tangent at the centre of `face` (x = +-1, ...), as hex WKB (a
-    planar geometry, SRID 0)."""
+def _gnomonic(fp: Footprint, face: int) -> str:
+    """`fp` projected from the Earth's centre onto the plane tangent at the
+    centre of `face` (x = +-1, ...), as hex WKB (a planar geometry, SRID 0)."""
     k = face % 3
     i, j = (k + 1) % 3, (k + 2) % 3
-    wkb = []
-    for poly in (_polys(fp) if isinstance(fp, Footprint) else fp):
-        rings = []
-        for pts in poly:
-            ring = [struct.pack("<I", len(pts) + 1)]
-            for v in pts:
-                ring.append(struct.pack("<dd", v[i] / v[k], v[j] / v[k]))
-            ring.append(ring[1])
-            rings.append(b"".join(ring))
-        wkb.append(b"\x01" + struct.pack("<II", 3, len(rings)) + b"".join(rings))
+    polys: dict[int, list[bytes]] = {}
+    for r in fp.rings:
+        pts = r.xyz
+        ring = [struct.pack("<I", len(pts) + 1)]
+        for v in pts:
+            ring.append(struct.pack("<dd", v[i] / v[k], v[j] / v[k]))
+        ring.append(ring[1])
+        polys.setdefault(r.poly, []).append(b"".join(ring))
+    wkb = [b"\x01" + struct.pack("<II", 3, len(rings)) + b"".join(rings)
+           for rings in polys.values()]
     if len(wkb) == 1:
         return wkb[0].hex()
     return (b"\x01" + struct.pack("<II", 6, len(wkb)) + b"".join(wkb)).hex()
-
-
-# Vertices of the polygons inscribed in and circumscribed about a within_km
-# cap: the cap lies between them (radially within 1 - cos(pi / 64) = 0.12 %
-# of its radius), and only candidates whose boundary passes between them need
-# the distance on geography.
-_CAP_VERTICES = 64
-
-
-def _cap_polygons(lat: float, lon: float, rad: float):
-    """(inscribed, circumscribed) regular polygons (`_polys`) about the cap of
-    angular radius `rad` around (lat, lon), or None when the cap is too small
-    or too large for them to help."""
-    if not 1e-6 <= rad <= 1.0:
-        return None
-    p = to_xyz(lon, lat)
-    a = (0.0, 0.0, 1.0) if abs(p[2]) < 0.9 else (1.0, 0.0, 0.0)
-    e = (a[1] * p[2] - a[2] * p[1], a[2] * p[0] - a[0] * p[2], a[0] * p[1] - a[1] * p[0])
-    ne = math.sqrt(e[0] ** 2 + e[1] ** 2 + e[2] ** 2)
-    e = (e[0] / ne, e[1] / ne, e[2] / ne)
-    n = (p[1] * e[2] - p[2] * e[1], p[2] * e[0] - p[0] * e[2], p[0] * e[1] - p[1] * e[0])
-    half = math.pi / _CAP_VERTICES
-    # a regular polygon with circumradius R has inradius r: tan r = tan R cos(pi / N)
-    inner = rad * (1 - 1e-7)
-    outer = math.atan(math.tan(rad * (1 + 1e-7)) / math.cos(half))
-
-    def ring(dist: float, turn: float) -> list:
-        c, s = math.cos(dist), math.sin(dist)
-        out = []
-        for m in range(_CAP_VERTICES):
-            az = 2 * half * m + turn
-            ca, sa = math.cos(az) * s, math.sin(az) * s
-            out.append(tuple(c * p[k] + ca * n[k] + sa * e[k] for k in (0, 1, 2)))
-        return out
-    return [[ring(inner, 0.0)]], [[ring(outer, half)]]
 
 
 class PostgisCatalog(Catalog):
@@ -308,15 +262,6 @@ class PostgisCatalog(Catalog):
 
     # -- reading --
 
-    @staticmethod
-    def _planar(face: int, exact: str) -> str:
-        """A CASE branch: rows of `face` meeting the first parameter (a planar
-        geometry) more than `_MARGIN` deep are in, rows farther than `_MARGIN`
-        from the second are out, the others are decided by `exact`."""
-        return (f"WHEN {face} THEN ST_Intersects(gnomonic, ST_Buffer(%s::geometry, "
-                f"{-_MARGIN!r}, 'quad_segs=2')) OR (ST_Intersects(gnomonic, "
-                f"ST_Buffer(%s::geometry, {2 * _MARGIN!r}, 'quad_segs=2')) AND {exact})")
-
     def _where(self, q: Query) -> tuple[list[str], list]:
         """SQL conditions and parameters; in "client" mode the spatial ones are
         only the GIST index's box tests (candidates for `spatial_mask`)."""
@@ -334,7 +279,11 @@ class PostgisCatalog(Catalog):
                 whens = []
                 for f in _faces(q.region):
                     g = _gnomonic(q.region, f)
-                    whens.append(self._planar(f, exact))
+                    whens.append(
+                        f"WHEN {f} THEN ST_Intersects(gnomonic, ST_Buffer(%s::geometry, "
+                        f"{-_MARGIN!r}, 'quad_segs=2')) OR (ST_Intersects(gnomonic, "
+                        f"ST_Buffer(%s::geometry, {2 * _MARGIN!r}, 'quad_segs=2')) "
+                        f"AND {exact})")
                     params += [g, g, region]
                 conds.append(f"CASE face {' '.join(whens)} ELSE {exact} END" if whens
                              else exact)
@@ -342,20 +291,9 @@ class PostgisCatalog(Catalog):
         if q.point is not None:
             lat, lon, rad = q.point
             point = "ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography"
-            metres = rad * EARTH_RADIUS_KM * 1000.0
-            conds.append(f"geog && _ST_Expand({point}, %s)")
-            params += [lon, lat, metres]
-            if not client:
-                # within the inscribed polygon: near; outside the circumscribed: far
-                exact = f"ST_DWithin(geog, {point}, %s, false)"
-                whens = []
-                caps = _cap_polygons(lat, lon, rad)
-                for f in _faces(caps[1]) if caps else ():
-                    whens.append(self._planar(f, exact))
-                    params += [_gnomonic(caps[0], f), _gnomonic(caps[1], f), lon, lat, metres]
-                conds.append(f"CASE face {' '.join(whens)} ELSE {exact} END" if whens
-                             else exact)
-                params += [lon, lat, metres]
+            conds.append(f"geog && _ST_Expand({point}, %s)" if client else
+                         f"ST_DWithin(geog, {point}, %s, false)")
+            params += [lon, lat, rad * EARTH_RADIUS_KM * 1000.0]
         if q.timed:
             lo, hi = from_us(q.t0), from_us(q.t1)
             conds.append("t0 IS NOT NULL")
@@ -395,11 +333,11 @@ class PostgisCatalog(Catalog):
 
     @staticmethod
     def _prepare(q: Query) -> bool | None:
-        """Never a prepared statement for a spatial query: its plan must see the
-        region or point as a constant, so that the planar polygons and buffers
-        around it (`_where`) are computed once, not once a row as a generic
-        plan would (psycopg prepares a statement after a few runs)."""
-        return False if q.spatial else None
+        """Never a prepared statement for a region: its plan must see the region
+        as a constant, so that the buffers around it (`_where`) are computed
+        once, not once a row as a generic plan would (psycopg prepares a
+        statement after a few runs)."""
+        return False if q.region is not None else None
 
     def _client_exact(self, q: Query, cols: str) -> list[tuple]:
         """Rows (``geom, *cols``) of the GIST candidates that `spatial_mask` keeps."""
