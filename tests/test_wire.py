@@ -19,7 +19,8 @@ import zmq
 import cohort
 from cohort.errors import (CompositeError, ControllerError, EngineError, NoEnginesError,
                            RemoteError, TaskAborted, error_from_content)
-from cohort.wire import BATCH, DELIM, InvalidMessage, Session, batch, deserialize, serialize
+from cohort.wire import (BATCH, DELIM, InvalidMessage, Outbox, Session, batch, deserialize,
+                         serialize)
 from cohort.wire.protocol import INLINE
 
 KEY = b"k" * 32
@@ -152,6 +153,36 @@ def test_batch_drops_only_the_tampered_message(session):
 def test_malformed_batch_is_dropped_whole(session, mangle):
     frames = mangle(wire(batch(_three(session))))
     assert Session(KEY).receive_all(frames, route=False) == []
+
+
+def test_outbox_sends_each_peers_messages_as_one_batch_in_order(session):
+    ctx = zmq.Context()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        peers = {}
+        for name in (b"a", b"b"):
+            d = peers[name] = ctx.socket(zmq.DEALER)
+            d.identity = name
+            d.connect(f"tcp://127.0.0.1:{port}")
+            d.send(b"hello")
+            assert router.recv_multipart()[0] == name
+        box = Outbox(router)
+        for i in range(5):
+            box.put(b"a" if i % 2 == 0 else b"b", session.build("x", {"i": i}))
+        assert len(box) == 5
+        box.flush()
+        assert len(box) == 0
+        box.flush()  # nothing left: sends nothing
+        got = {}
+        for name, d in peers.items():
+            assert d.poll(5000)
+            got[name] = [m.content["i"] for m in Session(KEY).receive_all(d.recv_multipart(),
+                                                                           route=False)]
+            assert not d.poll(100)  # one zmq message each
+        assert got == {b"a": [0, 2, 4], b"b": [1, 3]}
+    finally:
+        ctx.destroy(linger=0)
 
 
 def test_unpack_refuses_a_batch(session):
