@@ -158,7 +158,9 @@ def bench_s3(work: Path, nbytes: int, repeats: int, endpoint: str | None,
     gw = None
     if endpoint is None:
         from s3 import RadosGW
-        gw = RadosGW().start()
+        # deleted and overwritten objects wait for radosgw's garbage collector: room for
+        # every round's puts and uploads, or the memstore OSD fills and requests hang
+        gw = RadosGW(memstore_bytes=max(3 << 30, nbytes * (2 * repeats + 4))).start()
         endpoint, keys = gw.endpoint, (gw.access_key, gw.secret_key)
     try:
         os.environ["COHORT_S3_ENDPOINT"] = endpoint
