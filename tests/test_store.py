@@ -783,3 +783,35 @@ def test_random_access_zip_through_a_get_stream(s):
             assert sorted(z.namelist()) == sorted(members)
             for name in sorted(members, reverse=True):
                 assert z.read(name) == members[name]
+
+
+def test_a_source_file_cut_short_during_a_put_raises_and_stores_nothing(tmp_path):
+    """The caller's file is read, not mapped: if it ends early the put fails
+    with an OSError saying so (a mapped file cut short would kill the process)."""
+    from cohort.store.checksum import BlockHasher
+    from cohort.store.fastcopy import copy_hashing
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    written = []
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="ended at byte 300000"):
+            copy_hashing(fd, 0, 400_000, BlockHasher("xxh3", 1 << 20), [written.append])
+        assert sum(len(p) for p in written) == 300_000
+    finally:
+        os.close(fd)
+    # through a put stream: the file is cut while it is being stored
+    s = store.open(f"file://{tmp_path / 'store'}")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(8 << 20))
+    with open(big, "rb") as f:
+        w = s.create_put_stream()
+        real_write = w._w.write
+
+        def cut_after_first_piece(piece):
+            real_write(piece)
+            os.truncate(big, 1 << 20)
+        w._w.write = cut_after_first_piece
+        with pytest.raises(OSError, match="changed while it was being stored"):
+            w.writefile(f)
+    assert list(s.ls()) == []
