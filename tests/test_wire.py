@@ -388,6 +388,25 @@ def test_bad_inline_lengths_rejected(session, inl):
         Session(KEY).unpack(frames).objects()
 
 
+def test_a_shipped_function_is_pickled_again_only_when_what_it_uses_changed():
+    from cohort.wire.serialize import serialize_function
+    ns = {"__name__": "__main__"}
+    exec("def f(x):\n    return x * scale + len(names)\n", ns)
+    ns["scale"], ns["names"] = 2, ("a", "b")
+    f = ns["f"]
+    first = serialize_function(f)
+    assert serialize_function(f) is first              # nothing changed: the same bytes
+    ns["scale"] = 3                                       # rebound: pickled again
+    second = serialize_function(f)
+    assert second is not first and deserialize(second.frames)(1) == 5
+    ns["names"] = ["a", "b", "c"]                         # now mutable: never cached
+    third = serialize_function(f)
+    assert serialize_function(f) is not third
+    assert deserialize(third.frames)(1) == 6
+    del ns["names"]                                       # gone: pickled again, still callable
+    assert serialize_function(f) is not third
+
+
 def test_closures_and_lambdas_serialize_by_value():
     n = 5
 

@@ -100,16 +100,30 @@ def _names(code: types.CodeType, out: set) -> set:
     return out
 
 
+_MISSING = object()
+_code_names: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _referenced(f: types.FunctionType) -> list:
+    """Every object f's pickled bytes depend on: its globals (by name, a missing
+    one as a marker), closure cells, defaults."""
+    names = _code_names.get(f.__code__)
+    if names is None:
+        names = _code_names[f.__code__] = tuple(sorted(_names(f.__code__, set())))
+    g = f.__globals__
+    values = [g.get(n, _MISSING) for n in names]
+    values.extend(c.cell_contents for c in f.__closure__ or ())
+    values.append(f.__defaults__)
+    values.append(f.__kwdefaults__ and tuple(f.__kwdefaults__.items()))
+    return values
+
+
 def _fingerprint(f: types.FunctionType):
     """What must stay the same for f's pickled bytes to stay valid, or None."""
     if f.__dict__ or f.__module__ != "__main__":
         return None
-    g = f.__globals__
-    values = [g[n] for n in _names(f.__code__, set()) if n in g]
-    cells = [c.cell_contents for c in f.__closure__ or ()]
-    extra = [f.__defaults__, f.__kwdefaults__ and tuple(f.__kwdefaults__.items())]
-    everything = values + cells + extra
-    if not all(_immutable(v) for v in everything):
+    everything = _referenced(f)
+    if not all(v is _MISSING or _immutable(v) for v in everything):
         return None
     return (f.__code__, everything)
 
@@ -130,14 +144,13 @@ def serialize_function(f) -> Serialized:
     """Serialize a function to ship, reusing its last bytes when provably unchanged."""
     if not isinstance(f, types.FunctionType):
         return Serialized(serialize(f))
+    hit = _cache.get(f)
     try:
+        if hit is not None and not f.__dict__ and _same(hit[0], (f.__code__, _referenced(f))):
+            return hit[1]  # the very same objects as when it was pickled: immutable, unchanged
         key = _fingerprint(f)
     except Exception:  # an empty cell, an odd globals mapping
         key = None
-    if key is not None:
-        hit = _cache.get(f)
-        if hit is not None and _same(hit[0], key):
-            return hit[1]
     s = Serialized(serialize(f))
     if key is not None:
         _cache[f] = (key, s)
