@@ -407,6 +407,17 @@ def test_a_shipped_function_is_pickled_again_only_when_what_it_uses_changed():
     assert serialize_function(f) is not third
 
 
+def test_shipped_code_keeps_its_file_name_for_remote_tracebacks():
+    """Newer cloudpickle names shipped code "<dynamic-code>"; cohort keeps the real
+    file (inner functions too), so an engine's traceback can show the failing line."""
+    ns = {"__name__": "__main__"}
+    exec(compile("def outer():\n    inner = lambda: 1 / 0\n    return inner\n",
+                 "/some/where/analysis.py", "exec"), ns)
+    f = deserialize(serialize(ns["outer"]))
+    assert f.__code__.co_filename == "/some/where/analysis.py"
+    assert f().__code__.co_filename == "/some/where/analysis.py"
+
+
 def test_closures_and_lambdas_serialize_by_value():
     n = 5
 

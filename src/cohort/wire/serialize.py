@@ -8,9 +8,11 @@ frames, so an array comes back as a view of the frame's memory.
 
 from __future__ import annotations
 
+import io
 import pickle
 import types
 import weakref
+from collections import ChainMap
 
 import cloudpickle
 
@@ -51,8 +53,30 @@ def serialize(obj) -> list:
         buffers.append(raw)
         return False
 
-    stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
+    with io.BytesIO() as f:
+        _Pickler(f, protocol=5, buffer_callback=keep_large).dump(obj)
+        stream = f.getvalue()
     return [stream, *buffers]
+
+
+_CODE_REDUCE = getattr(cloudpickle.Pickler, "dispatch_table", {}).get(types.CodeType)
+
+
+def _code_keeping_its_file(code: types.CodeType):
+    """cloudpickle (3.1.2 on) names the file of every code object it ships
+    "<dynamic-code>"; keep the real name, so that a remote traceback shows the
+    line that failed where the engine can read that file."""
+    ctor, args = _CODE_REDUCE(code)
+    if code.co_filename != "<dynamic-code>":
+        args = tuple(code.co_filename if type(a) is str and a == "<dynamic-code>" else a
+                     for a in args)
+    return ctor, args
+
+
+class _Pickler(cloudpickle.Pickler):
+    if _CODE_REDUCE is not None:
+        dispatch_table = ChainMap({types.CodeType: _code_keeping_its_file},
+                                  cloudpickle.Pickler.dispatch_table)
 
 
 def deserialize(frames) -> object:
