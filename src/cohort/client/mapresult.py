@@ -13,7 +13,9 @@ from .. import _remote
 from ..errors import TaskCancelled, TimeoutError
 from .asyncresult import Waiting, _cancel_and_notify
 
-CHUNK_SECONDS = 0.02   # automatic chunks aim at this much work each
+# automatic chunks aim at this much work each: with 0.02 s, 10 ms items lost ~6 % to
+# per-task costs on a 2-vCPU machine, with 0.1 s 2.5 % (and tiny items go faster)
+CHUNK_SECONDS = 0.1
 MAX_CHUNK = 10_000     # items per chunk at most (automatic)
 
 
