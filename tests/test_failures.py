@@ -12,6 +12,7 @@ import glob
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -460,3 +461,40 @@ def test_context_manager_stops_everything(cohort_home):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not folder.exists()
+
+
+def test_a_client_keeps_what_comes_batched_with_its_connect_reply(tmp_path):
+    """The controller may batch its reply to `connect` with a broadcast (an engine
+    that joined in the same turn): the client must not drop the broadcast."""
+    info = ConnectionInfo.new()
+    ctx = zmq.Context()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        info.ports = {"client": router.bind_to_random_port("tcp://127.0.0.1")}
+        pub = ctx.socket(zmq.PUB)
+        info.ports["hb_ping"] = pub.bind_to_random_port("tcp://127.0.0.1")
+        path = tmp_path / "fake-controller.json"
+        info.write(path)
+        ctrl = Session(info.key, session_id="controller")
+        engine = {"id": 0, "uuid": "u0", "host": "h", "pid": 1, "state": "idle", "queue": 0}
+
+        def answer():
+            assert router.poll(10_000)
+            ident, *frames = router.recv_multipart()
+            hello = ctrl.unpack(frames, route=False)
+            assert hello.type == "connect"
+            reply = ctrl.build("reply", {"engines": [], "cluster_id": info.cluster_id},
+                               header={"parent": hello.id})
+            router.send_multipart([ident, *batch([reply, ctrl.build("engine_joined", engine)])])
+
+        t = threading.Thread(target=answer)
+        t.start()
+        rc = cohort.Client(path, timeout=10)
+        t.join(10)
+        try:
+            assert rc.ids == [0]
+        finally:
+            rc._closed = True  # no controller to say goodbye to
+            rc._thread.join(2)
+    finally:
+        ctx.destroy(linger=0)

@@ -88,11 +88,14 @@ class Client:
                     f"no controller answered at {self.info.url('client')} within {timeout:g} s "
                     f"(connection file {self.connection_file}): is the cluster running? "
                     f"`cohort status` tells")
-            for msg in self.session.receive_all(self._recv_sock.recv_multipart(copy=False)):
+            msgs = self.session.receive_all(self._recv_sock.recv_multipart(copy=False))
+            for i, msg in enumerate(msgs):
                 if msg.header["t"] == "reply":
                     for e in msg.content["engines"]:
                         self._engines[e["id"]] = e
                     self._watch.know(msg.content.get("instance"))
+                    for later in msgs[i + 1:]:  # batched with the reply (an engine that
+                        self._handle(later)     # joined just after it): not to be lost
                     return
 
     # --- I/O thread ---------------------------------------------------------
