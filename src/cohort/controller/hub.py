@@ -9,7 +9,8 @@ Sockets (all bound by the controller; engines and clients connect):
 * ``hb_ping`` PUB and ``hb_pong`` ROUTER — heartbeats, echoed by each engine's
   zmq device thread (off the GIL, so a busy engine still answers).
 
-Decisions live in `HubState`; this module only moves messages.
+Decisions live in `HubState`; this module only moves messages. What clients
+ask for is answered in `requests.py`, a restart is recovered in `recovery.py`.
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ from ..profile import ConnectionInfo
 from ..wire import Outbox, Session, shm
 from .records import TaskLog
 from .recovery import RestartRecovery
+from .requests import ClientRequests
 from .state import HubState, TaskRecord
 
 log = logging.getLogger(__name__)
 
-TASK_TYPES = frozenset({"execute", "apply", "push", "pull"})
 DRAIN = 256  # messages handled per socket per wake-up before polling again
 
 
-class Controller(RestartRecovery):
+class Controller(RestartRecovery, ClientRequests):
     """Routes work between clients and engines and watches engine heartbeats."""
 
     def __init__(self, info: ConnectionInfo, connection_file=None, hb_period: float = 0.5,
@@ -370,161 +371,6 @@ class Controller(RestartRecovery):
         rec = self.state.engines[task.engine]
         self.to_engine.put(rec.ident, task.frames)
         self.records.dispatched(task)
-
-    # --- client requests ---------------------------------------------------
-    def on_client(self, msg) -> None:
-        t = msg.header["t"]
-        if t in TASK_TYPES:
-            return self.on_task(msg)
-        handler = getattr(self, f"client_{t}", None)
-        if handler is None:
-            log.warning("unknown client request %r", t)
-            return self.reply(msg, {"error": f"unknown request {t!r}"})
-        handler(msg)
-
-    def client_seen(self, ident: bytes) -> bytes:
-        """Remember a client (its receiving socket's identity is its session id):
-        one that never said hello, or came back after a restart, still gets results."""
-        if ident not in self.clients:
-            self.clients[ident] = {"connected": time.time(), "session": ident.decode()}
-        return ident
-
-    def on_task(self, msg) -> None:
-        client = self.client_seen(msg.header["s"].encode())
-        hdr = msg.header
-        if hdr.get("lb"):
-            if hdr["id"] in self.state.tasks:
-                return  # sent again (a client resuming after a controller restart)
-            task = TaskRecord(
-                hdr["id"], client, None, msg.frames, hdr if "shm" in hdr else None, lb=True,
-                policy=hdr.get("pol"), group=hdr.get("g"), after=hdr.get("after", ()),
-                follow=hdr.get("follow", ()))
-            self.records.submitted(task, hdr["t"], msg.frames, hdr["s"])
-            self._recall_outcomes(task.after + task.follow)
-            self.state.submit_lb(task)
-            return self.act()
-        target = hdr.get("target")
-        task = TaskRecord(hdr["id"], client, target, msg.frames, hdr if "shm" in hdr else None)
-        self.records.submitted(task, hdr["t"], msg.frames, hdr["s"])
-        try:
-            send_now = self.state.submit(task)
-        except (KeyError, TypeError):  # unknown (or unhashable) target
-            return self.fail_task(task, "EngineError",
-                                  f"engine {target} is not connected (connected: "
-                                  f"{sorted(self.state.engines)})", target)
-        if send_now:
-            self.dispatch(task)
-
-    def _recall_outcomes(self, deps) -> None:
-        """Dependencies finished too long ago for the state's memory: ask the task db."""
-        for dep in deps:
-            if dep in self.state.tasks or dep in self.state.outcomes or dep in self.held:
-                continue
-            row = self.records.get(dep)
-            if row is not None and row["state"] not in ("queued", "running"):
-                self.state.outcomes[dep] = (row["state"] == "done", row["engine"])
-
-    def client_connect(self, msg) -> None:
-        self.clients.pop(msg.header["s"].encode(), None)  # connected anew, from now
-        self.client_seen(msg.header["s"].encode())
-        self.reply(msg, {"engines": self.engine_list(), "cluster_id": self.info.cluster_id,
-                         "instance": self.instance.decode()})
-
-    def client_disconnect(self, msg) -> None:
-        self.clients.pop(msg.header["s"].encode(), None)
-
-    def engine_list(self) -> list:
-        return [e.summary() for e in self.state.engines.values()]
-
-    def client_status(self, msg) -> None:
-        self.reply(msg, {"engines": self.engine_list(), "clients": len(self.clients),
-                         "uptime": time.time() - self.state.started, "pid": os.getpid(),
-                         "host": self.hostname, "tasks_pending": len(self.state.tasks)})
-
-    def client_queue_status(self, msg) -> None:
-        status = self.state.queue_status(msg.content.get("targets"))
-        self.reply(msg, {"status": {str(k): v for k, v in status.items()}})
-
-    def client_abort(self, msg) -> None:
-        client = msg.header["s"].encode()
-        dropped, ask = self.state.abort(client, msg.content.get("ids"), msg.content.get("targets"))
-        for t in dropped:
-            self.fail_task(t, "TaskAborted", f"task {t.id} was aborted before it ran", t.engine)
-        for eid, ids in ask.items():
-            self.send_control(self.state.engines[eid].uuid, "abort", {"ids": ids})
-        self.reply(msg, {"aborted": len(dropped), "asked": sum(map(len, ask.values()))})
-        self.act()
-
-    def client_cancel(self, msg) -> None:
-        dropped = self.state.cancel(msg.header["s"].encode(), msg.content.get("ids", ()))
-        for t in dropped:
-            if t.header is not None:
-                shm.discard(t.header)
-        self.reply(msg, {"cancelled": bool(dropped)})
-        self.act()
-
-    def client_interrupt(self, msg) -> None:
-        targets = self._targets(msg)
-        for eid in targets:
-            # with "ids", only those tasks (another client's code on the engine runs on)
-            self.send_control(self.state.engines[eid].uuid, "interrupt",
-                              {"ids": msg.content.get("ids")})
-        self.reply(msg, {"interrupted": targets})
-
-    def client_shutdown(self, msg) -> None:
-        targets = self._targets(msg)
-        for eid in targets:
-            self.send_control(self.state.engines[eid].uuid, "shutdown", {})
-        stop = bool(msg.content.get("controller"))
-        self.reply(msg, {"shutdown": targets, "controller": stop})
-        if stop:
-            self._stop = True
-
-    def client_get_result(self, msg) -> None:
-        """Send a task's result to the asking client: now if it is recorded, else when it comes."""
-        ident = self.client_seen(msg.header["s"].encode())
-        tid = msg.content.get("id")
-        if tid in self.state.tasks:
-            self.watchers.setdefault(tid, set()).add(ident)
-            return
-        row = self.records.get(tid)
-        if row is None:
-            return self.send_client(ident, "result", {
-                "ename": "ControllerError", "evalue": f"no task {tid!r} is recorded (never "
-                f"submitted, purged, or recorded in another task database)"},
-                {"parent": tid, "e": None, "status": "error"})
-        if row["state"] in ("queued", "running"):
-            self.watchers.setdefault(tid, set()).add(ident)
-            return
-        self.send_recorded(ident, tid, row)
-
-    def client_tasks(self, msg) -> None:
-        q = dict(msg.content)
-        allowed = {"state", "client", "engine", "group", "ename", "since", "until", "ids",
-                   "limit", "newest_first"}
-        bad = set(q) - allowed
-        if bad:
-            return self.reply(msg, {"error": f"unknown task filter(s) {sorted(bad)}; "
-                                             f"known: {sorted(allowed)}"})
-        rows = self.records.query(**q)
-        for r in rows:
-            r.pop("request", None)
-            r.pop("result", None)
-        self.reply(msg, {"tasks": rows})
-
-    def client_purge_tasks(self, msg) -> None:
-        try:
-            n = self.records.purge(older_than=msg.content.get("older_than"),
-                                   keep_last=msg.content.get("keep_last"))
-        except ValueError as e:
-            return self.reply(msg, {"error": str(e)})
-        self.reply(msg, {"purged": n})
-
-    def _targets(self, msg) -> list:
-        t = msg.content.get("targets")
-        if t is None:
-            return sorted(self.state.engines)
-        return [e for e in t if e in self.state.engines]
 
     # --- engine messages ---------------------------------------------------
     def on_engine(self, msg) -> None:
