@@ -126,11 +126,7 @@ class Client:
                 frames = sock.recv_multipart(copy=False)
             except zmq.ZMQError:
                 return
-            for msg in self.session.receive_all(frames):
-                try:
-                    self._handle(msg)
-                except Exception:
-                    log.exception("error handling a message from the controller")
+            self._handle_all(frames)
 
     def _resume(self) -> None:
         """A new controller took over: connect again and ask about pending tasks."""
@@ -159,11 +155,15 @@ class Client:
         while not fut.done() and time.monotonic() < deadline:
             if not self._recv_sock.poll(100):
                 continue
-            for msg in self.session.receive_all(self._recv_sock.recv_multipart(copy=False)):
-                try:
-                    self._handle(msg)
-                except Exception:
-                    log.exception("error handling a message from the controller")
+            self._handle_all(self._recv_sock.recv_multipart(copy=False))
+
+    def _handle_all(self, frames) -> None:
+        """Handle each valid message of what was received (one message or a batch)."""
+        for msg in self.session.receive_all(frames):
+            try:
+                self._handle(msg)
+            except Exception:
+                log.exception("error handling a message from the controller")
 
     def _handle(self, msg) -> None:
         hdr = msg.header

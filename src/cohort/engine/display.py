@@ -105,7 +105,8 @@ def figure_png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _text(obj) -> str:
+def safe_repr(obj) -> str:
+    """repr(obj), or a note saying why it failed (user objects may raise)."""
     try:
         return repr(obj)
     except Exception as e:
@@ -157,7 +158,7 @@ def format_bundle(obj) -> tuple[dict, dict]:
             if mime in _BINARY and isinstance(value, (bytes, bytearray)):
                 value = base64.b64encode(value).decode("ascii")
             data[mime] = value
-    data.setdefault("text/plain", _text(obj))
+    data.setdefault("text/plain", safe_repr(obj))
     return data, metadata
 
 

@@ -282,7 +282,7 @@ class Engine:
                 value = self.execute(msg.content["code"], msg.content.get("filename"))
                 display_mod.after_execute(value)  # open figures, a rich last value
                 if value is not None:
-                    content["execute_result"] = _safe_repr(value)
+                    content["execute_result"] = display_mod.safe_repr(value)
                 content["execution_count"] = self._cell
             elif t == "push":
                 self.ns.update({k: resolve(v) for k, v in msg.objects()[0].items()})
@@ -510,13 +510,6 @@ def _safe_str(value) -> str:
         return str(value)
     except Exception as e:
         return f"<str failed: {e!r}>"
-
-
-def _safe_repr(value) -> str:
-    try:
-        return repr(value)
-    except Exception as e:
-        return f"<repr failed: {e!r}>"
 
 
 def run_engine(connection_file, controller_timeout: float = 30.0, mpi: bool = False) -> int:

@@ -360,6 +360,12 @@ def result_order(rec: Record) -> tuple:
     return (rec._t0 is None, rec._t0 or 0, rec.oid)
 
 
+def in_result_order(records: list, limit: int | None) -> list:
+    """Records decided outside SQL, sorted as SQL would give them, up to `limit`."""
+    records.sort(key=result_order)
+    return records if limit is None else records[:limit]
+
+
 # --- the catalog --------------------------------------------------------------
 
 class Catalog(ABC):

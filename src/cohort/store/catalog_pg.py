@@ -37,7 +37,8 @@ import struct
 import threading
 
 from ..errors import CatalogError
-from .catalog_core import Catalog, Query, Record, Row, from_us, result_order, spatial_mask
+from .catalog_core import (Catalog, Query, Record, Row, from_us, in_result_order,
+                           spatial_mask)
 from .geo import EARTH_RADIUS_KM, Footprint
 
 log = logging.getLogger(__name__)
@@ -353,9 +354,8 @@ class PostgisCatalog(Catalog):
     def _select(self, q: Query) -> list[Record]:
         with self._lock:
             if q.spatial and self.exact == "client":
-                out = [Record.from_row(*r[1:]) for r in self._client_exact(q, ", " + _OUT)]
-                out.sort(key=result_order)
-                return out if q.limit is None else out[:q.limit]
+                return in_result_order(
+                    [Record.from_row(*r[1:]) for r in self._client_exact(q, ", " + _OUT)], q.limit)
             conds, params = self._where(q)
             sql = f"SELECT {_OUT} FROM {self.t}"
             if conds:

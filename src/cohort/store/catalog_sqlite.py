@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 from ..errors import CatalogError
-from .catalog_core import Catalog, Query, Record, Row, result_order, spatial_mask
+from .catalog_core import Catalog, Query, Record, Row, in_result_order, spatial_mask
 from .geo import cap_boxes
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,8 @@ class SqliteCatalog(Catalog):
         with self._lock:
             c = self._db()
             if q.spatial:
-                out = [Record.from_row(*r[2:]) for r in self._spatial(c, q, ", " + _COLS)]
-                out.sort(key=result_order)
-                return out if q.limit is None else out[:q.limit]
+                return in_result_order(
+                    [Record.from_row(*r[2:]) for r in self._spatial(c, q, ", " + _COLS)], q.limit)
             conds, params = where(q, self._max_span(c))
             sql = f"SELECT {_COLS} FROM records r"
             if conds:

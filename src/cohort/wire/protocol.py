@@ -201,8 +201,11 @@ class Session:
             log.warning("dropped an invalid message (no delimiter frame)")
             return []
         if _bytes(frames[pos]) != BATCH:
-            msg = self.receive(frames, route)
-            return [] if msg is None else [msg]
+            try:
+                return [self._single(frames, pos)]
+            except InvalidMessage as e:
+                log.warning("dropped an invalid message (%s)", e)
+                return []
         idents = [_bytes(f) for f in frames[:pos]]
         try:  # the whole batch is framed right, or none of it is taken
             parts = list(_split_batch(frames[pos + 1:]))
@@ -225,6 +228,10 @@ class Session:
             raise InvalidMessage("no delimiter frame") from None
         if route and _bytes(frames[pos]) == BATCH:
             raise InvalidMessage("a batch where one message was expected")
+        return self._single(frames, pos)
+
+    def _single(self, frames, pos: int) -> Message:
+        """The one message whose delimiter is at `pos`."""
         idents = [_bytes(f) for f in frames[:pos]]
         rest = frames[pos + 1:]
         if not rest:
