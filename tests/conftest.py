@@ -51,6 +51,14 @@ def wait_until(pred, timeout: float = 10.0, interval: float = 0.02, msg: str = "
         time.sleep(interval)
 
 
+def live_segments(cluster_id: str) -> set:
+    """A cluster's shared-memory segments that a process maps or a message carries
+    (not its probe file, nor segments pooled for the next writer)."""
+    import glob
+    return {p for p in glob.glob(f"/dev/shm/cohort-{cluster_id}-*")
+            if not p.endswith("-probe") and "-pool-" not in p}
+
+
 @pytest.fixture(scope="session")
 def cluster(cohort_home):
     """The shared two-engine cluster (a `cohort.Cluster`; its client is `cluster.client`)."""

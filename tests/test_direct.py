@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import cohort
-from conftest import wait_until
+from conftest import live_segments, wait_until
 
 
 def run_marker(ar, marker: str = "STARTED", timeout: float = 10.0):
@@ -518,9 +518,7 @@ def test_big_array_push_pull_bit_exact(rc):
 
 
 def shm_segments(rc) -> set:
-    """This cluster's shared-memory segments in /dev/shm (not its probe file)."""
-    cid = rc.info.cluster_id
-    return {p for p in glob.glob(f"/dev/shm/cohort-{cid}-*") if not p.endswith("-probe")}
+    return live_segments(rc.info.cluster_id)
 
 
 def test_big_array_to_several_engines_leaves_no_shared_memory(rc):
@@ -839,6 +837,24 @@ def test_pull_after_an_in_place_change_on_the_engine_sends_the_new_data(rc):
     first[0] = 99.0                              # and the client's change stays on the client
     assert e0.apply_sync(lambda: float(rt[0])) == 0.0  # noqa: F821 (the engine's namespace)
     e0.execute("del rt", block=True)
+
+
+def test_big_pushes_reuse_pooled_pages_and_no_array_sees_another(rc):
+    """Segments nobody maps any more are pooled and written over; arrays still held never change."""
+    e0 = rc[0]
+    pool = f"/dev/shm/cohort-{rc.info.cluster_id}-pool-*"
+    held = []
+    for i in range(6):
+        arr = np.full(4 * 2 ** 20 // 8, float(i))
+        e0.push({"rep": arr}, block=True)
+        back = e0.pull("rep", block=True)
+        if i % 2:
+            held.append((i, back))  # half stay mapped on the client while later pushes write
+        del back
+    assert glob.glob(pool), "no segment was pooled for reuse"
+    for i, back in held:
+        assert np.all(back == float(i)), f"array {i} changed under its holder"
+    e0.execute("del rep", block=True)
 
 
 def test_closing_a_client_fails_what_it_still_waits_for(rc, cluster):

@@ -8,7 +8,6 @@ generous (10 s) for noisy 2-core machines; the real targets are in comments.
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ import zmq
 import cohort
 from cohort.profile import ConnectionInfo
 from cohort.wire import BATCH, DELIM, Session, batch
-from conftest import engine_popen, wait_until
+from conftest import engine_popen, live_segments, wait_until
 
 
 def run_marker(ar, marker: str = "STARTED", timeout: float = 10.0):
@@ -81,16 +80,14 @@ def test_sigkill_engine_mid_task(make_cluster):
 def test_engine_death_leaves_no_shared_memory(make_cluster):
     cl = make_cluster(n=1)
     rc = cl.client
-    pattern = f"/dev/shm/cohort-{rc.info.cluster_id}-*"
-    before = {p for p in glob.glob(pattern) if not p.endswith("-probe")}
+    before = live_segments(rc.info.cluster_id)
     sleeper = rc[0].execute("print('STARTED', flush=True)\nimport time\ntime.sleep(60)")
     run_marker(sleeper)
     push = rc[0].push({"big": np.ones(4 * 2 ** 20 // 8)})
     engine_popen(cl, 0).send_signal(signal.SIGKILL)
     with pytest.raises(cohort.EngineError):
         push.get(timeout=10)
-    after = {p for p in glob.glob(pattern) if not p.endswith("-probe")}
-    assert after - before == set()
+    assert live_segments(rc.info.cluster_id) - before == set()
 
 
 def test_sigkill_idle_engine_leaves_ids(make_cluster):

@@ -175,6 +175,8 @@ class Controller(RestartRecovery, ClientRequests):
         self._beat += 1
         self.hb_ping.send(self.instance + b":" + str(self._beat).encode())
         self.expire_limbo(now)
+        if self._beat % 4 == 0:
+            shm.trim_pool()
         for eid in self.state.silent_engines(now, self.hb_timeout):
             self.engine_lost(eid, f"stopped answering heartbeats for {self.hb_timeout:g} s")
 

@@ -8,6 +8,14 @@ maps it copy-on-write, so it gets a writable array of its own without copying.
 Memory that arrived that way and was not written since is sent on by hard
 link, without writing it again (checked page by page in /proc/self/pagemap).
 
+Filling fresh tmpfs pages costs about 60 % more than rewriting pages that
+exist (the kernel allocates and zeroes each one), so a segment nobody maps any
+more is not unlinked but renamed into a small *pool*; the next writer on this
+host renames it out again and writes over its pages. A segment is pooled only
+by the last process that maps it: every mapping keeps a name of its own linked
+while it lives, so a link count of one means no other process can still see
+those pages. Idle pooled segments are unlinked after `POOL_IDLE` seconds.
+
 Peers share a /dev/shm only if they see the same probe file, which the
 controller writes with a random token (containers on one host may not share
 /dev/shm, so hostnames are not enough).
@@ -22,6 +30,7 @@ import mmap
 import os
 import re
 import sys
+import time
 import weakref
 
 log = logging.getLogger(__name__)
@@ -29,6 +38,10 @@ log = logging.getLogger(__name__)
 SHM_DIR = "/dev/shm"
 THRESHOLD = 1 << 20
 _NAME = re.compile(r"^cohort-[0-9a-f]{1,32}-[0-9a-f]{1,32}$")
+POOL_FILES = 4             # pooled segments kept at most, per cluster and host
+POOL_BYTES = 1 << 30       # and their total size at most
+POOL_IDLE = 10.0           # seconds a pooled segment waits for a writer before it is unlinked
+_POOL = "-pool-"           # cohort-<cluster>-pool-<size hex>-<random hex>: never mapped by name
 
 _prefix: str | None = None  # set by enable() once this process shares the controller's /dev/shm
 
@@ -95,18 +108,98 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 def write_segment(buf) -> str:
-    """Copy `buf` into a new segment; return its name."""
+    """Copy `buf` into a segment (a pooled one if it fits, else a new one); return its name."""
     view = memoryview(buf).cast("B")
     name = f"{_prefix}-{os.urandom(8).hex()}"
-    fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    path = os.path.join(SHM_DIR, name)
+    reused = _take_pooled(view.nbytes, path)
+    flags = os.O_WRONLY if reused is not None else os.O_CREAT | os.O_EXCL | os.O_WRONLY
+    fd = os.open(path, flags, 0o600)
     try:  # one pwrite: parallel writers measured no faster (tmpfs page allocation bounds it)
         _pwrite_all(fd, view, 0)
+        if reused is not None and reused > view.nbytes:
+            os.ftruncate(fd, view.nbytes)
     except BaseException:
         os.close(fd)
         unlink(name)
         raise
     os.close(fd)
     return name
+
+
+def _pooled() -> list[tuple[int, str]]:
+    """(size, name) of this cluster's pooled segments."""
+    start = f"{_prefix}{_POOL}"
+    out = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return out
+    for n in names:
+        if n.startswith(start):
+            try:
+                out.append((int(n[len(start):].split("-", 1)[0], 16), n))
+            except ValueError:
+                pass
+    return out
+
+
+def _take_pooled(nbytes: int, path: str) -> int | None:
+    """Rename a pooled segment worth rewriting to `path`; its size, or None if none fits.
+
+    The smallest that holds `nbytes` is taken; failing that, the largest that
+    holds at least half (the write extends it). Rename is atomic, so two
+    writers never get the same one.
+    """
+    pool = _pooled()
+    if not pool:
+        return None
+    fits = sorted(p for p in pool if p[0] >= nbytes)
+    smaller = sorted((p for p in pool if nbytes // 2 <= p[0] < nbytes), reverse=True)
+    for size, n in fits[:1] + smaller[:1]:
+        if size > 4 * nbytes:
+            continue  # truncating most of it away would cost what it saves
+        try:
+            os.rename(os.path.join(SHM_DIR, n), path)
+            return size
+        except FileNotFoundError:  # another writer took it
+            continue
+    return None
+
+
+def _pool_or_unlink(name: str) -> None:
+    """The last mapping of segment `name` is gone: pool it if nobody else can see it."""
+    path = os.path.join(SHM_DIR, name)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if st.st_nlink == 1 and st.st_size >= THRESHOLD and _prefix is not None:
+        pool = _pooled()
+        if len(pool) < POOL_FILES and sum(p[0] for p in pool) + st.st_size <= POOL_BYTES:
+            dest = f"{_prefix}{_POOL}{st.st_size:x}-{os.urandom(8).hex()}"
+            try:
+                os.rename(path, os.path.join(SHM_DIR, dest))
+                return
+            except OSError:
+                pass
+    unlink(name)
+
+
+def trim_pool(idle: float = POOL_IDLE) -> int:
+    """Unlink pooled segments no writer took for `idle` seconds; how many went."""
+    if _prefix is None:
+        return 0
+    n = 0
+    for _, name in _pooled():
+        path = os.path.join(SHM_DIR, name)
+        try:
+            if time.time() - os.stat(path).st_ctime >= idle:  # a rename sets ctime
+                os.unlink(path)
+                n += 1
+        except OSError:
+            pass
+    return n
 
 
 class _Mapping(mmap.mmap):
@@ -122,40 +215,59 @@ _kept: dict[int, tuple[str, int, int]] = {}
 def map_segment(name: str, nbytes: int, owned: bool) -> memoryview:
     """Map a segment copy-on-write; the caller's writes stay private.
 
-    An `owned` segment (this process is its only receiver) stays linked until
-    the mapping is garbage-collected; otherwise this process links its own
-    name to it, so the sender may unlink its name whenever it likes.
+    The mapping gets a name of its own, linked until the mapping is
+    garbage-collected, so the link count always counts the processes that can
+    still see the pages (plus messages in flight). An `owned` segment (this
+    process is its only receiver) loses the sender's name at once; otherwise
+    the sender unlinks it whenever it likes.
     """
     if not _NAME.match(name):
         raise ValueError(f"not a cohort segment name: {name!r}")
     path = os.path.join(SHM_DIR, name)
-    fd = os.open(path, os.O_RDONLY)
+    kept = f"{name.rsplit('-', 1)[0]}-{os.urandom(8).hex()}"
+    kept_path = os.path.join(SHM_DIR, kept)
     try:
-        mm = _Mapping(fd, nbytes, access=mmap.ACCESS_COPY)
-    finally:
-        os.close(fd)
-    kept = name
-    if not owned:
-        kept = f"{name.rsplit('-', 1)[0]}-{os.urandom(8).hex()}"
+        os.link(path, kept_path)
+    except FileNotFoundError:
+        raise
+    except OSError:  # no name of our own (no hard links here?): a private copy keeps pooling safe
+        view = _read_copy(path, nbytes)
+        if owned:
+            unlink(name)
+        return view
+    try:
+        fd = os.open(kept_path, os.O_RDONLY)
         try:
-            os.link(path, os.path.join(SHM_DIR, kept))
-        except OSError:
-            return memoryview(mm)
-    try:
-        address = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-    except (TypeError, ValueError):
-        address = None
-    if address is None:
+            mm = _Mapping(fd, nbytes, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+    except BaseException:
         unlink(kept)
-    else:
-        _kept[id(mm)] = (kept, address, nbytes)
-        weakref.finalize(mm, _forget, id(mm), kept)
+        raise
+    if owned:
+        unlink(name)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(mm))  # ACCESS_COPY is writable
+    _kept[id(mm)] = (kept, address, nbytes)
+    weakref.finalize(mm, _forget, id(mm), kept)
     return memoryview(mm)
+
+
+def _read_copy(path: str, nbytes: int) -> memoryview:
+    data = bytearray(nbytes)
+    view = memoryview(data)
+    with open(path, "rb", buffering=0) as f:
+        got = 0
+        while got < nbytes:
+            n = f.readinto(view[got:])
+            if not n:
+                raise ValueError(f"segment {os.path.basename(path)} is shorter than {nbytes} bytes")
+            got += n
+    return view
 
 
 def _forget(key: int, name: str) -> None:
     _kept.pop(key, None)
-    unlink(name)
+    _pool_or_unlink(name)
 
 
 def _backing(buf) -> tuple[str, int, int] | None:
