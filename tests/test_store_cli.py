@@ -96,6 +96,9 @@ def test_catalog_add_query_rm(cli):
     assert cli("catalog", "rm", "a" * 32).returncode == 0
     assert cli("catalog", "rm", "a" * 32).returncode == 1
     assert oids() == ["b" * 32]
+    r = cli("catalog", "optimize")
+    assert r.returncode == 0 and b"1 records" in r.stderr, r.stderr
+    assert oids() == ["b" * 32]
 
 
 def test_help_answers(cli):

@@ -461,6 +461,17 @@ class Catalog(ABC):
         """Remove the record of `oid`; False when there was none."""
         return self._delete([str(oid)]) > 0
 
+    def optimize(self) -> None:
+        """Reorganise the stored records so that queries read less, after many
+        `add`s or removals (bulk loads into an empty catalog need not).
+
+        PostgreSQL: rewrites the table in space-time order (month, then
+        place) and rebuilds its indexes, holding an exclusive lock meanwhile
+        (queries wait); SQLite: refreshes the planner's statistics and
+        defragments the file (VACUUM).
+        """
+        self._optimize()
+
     def close(self) -> None:
         """Release the connection."""
 
@@ -481,6 +492,10 @@ class Catalog(ABC):
     def _insert_batches(self, batches: Iterator[list[Row]]) -> None:
         for rows in batches:
             self._insert(rows)
+
+    @abstractmethod
+    def _optimize(self) -> None:
+        ...
 
     @abstractmethod
     def _delete(self, oids: list[str]) -> int:

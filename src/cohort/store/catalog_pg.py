@@ -25,11 +25,18 @@ row) decides. Only what the plane cannot decide robustly goes to
 ``ST_Intersects(geography)``: candidates whose boundary comes within
 `_MARGIN` of the region's (touching, or closer than rounding), footprints
 too large for one face (or stored before these columns existed), and
-regions that fit no candidate's face.
+regions that fit no candidate's face. Before the polygon test, a
+point-in-polygon test of one point deep inside the region (or of the query
+point, for ``within_km``) confirms most hits without GEOS.
+
+Rows are stored in space-time order (month, then a geohash of the footprint's
+centre) by a bulk load into an empty table and by `optimize`, which helps the
+GIST index and the heap reads of a region-and-month query.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -39,16 +46,27 @@ import threading
 from ..errors import CatalogError
 from .catalog_core import (Catalog, Query, Record, Row, from_us, in_result_order,
                            spatial_mask)
-from .geo import EARTH_RADIUS_KM, Footprint
+from .geo import EARTH_RADIUS_KM, Footprint, to_xyz
 
 log = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+# Space-time order of the rows, used when a bulk load fills an empty table and
+# by `optimize`: the month of t0, then a geohash of the footprint's centre (a
+# Z-order curve). A region and a month then read neighbouring heap pages, and
+# the GIST index built over rows in that order prunes better: at 10^6
+# footprints its candidate scan for a coastal region and a month took 3.5-4.4
+# ms against 5.1-5.6 in load (oid) order.
+_SPACE_TIME_ORDER = (
+    "date_trunc('month', t0), ST_GeoHash(ST_MakePoint("
+    "greatest(-180.0, least(180.0, ST_X(ST_Centroid(geog)::geometry))), "
+    "greatest(-90.0, least(90.0, ST_Y(ST_Centroid(geog)::geometry)))), 8)")
+_SECONDARY_INDEXES = ("geog_time", "t0", "source", "orbit", "extra")
 _COLS = ("oid, filename, source, version, t0, t1, orbit, footprint, geog, geom, extra, face, "
          "gnomonic")
-# what a query returns: times as microseconds, extra as text (both decoded lazily)
-_OUT = ("oid, filename, source, version, (extract(epoch FROM t0) * 1000000)::bigint, "
-        "(extract(epoch FROM t1) * 1000000)::bigint, orbit, footprint, extra::text")
+# what a query returns: times as microseconds (`_micros_loader`), extra as text
+# (both decoded lazily by `Record`)
+_OUT = "oid, filename, source, version, t0, t1, orbit, footprint, extra::text"
 
 # A footprint (or region) has a gnomonic projection onto face f (axis k = f % 3,
 # sign + for f < 3) when every vertex v has sign * v[k] >= _CMIN: within 78.5
@@ -68,16 +86,20 @@ _MARGIN = 1e-7
 def _faces(fp: Footprint) -> list[int]:
     """The cube faces (0-2: +x, +y, +z; 3-5: -x, -y, -z) whose hemisphere holds
     `fp` with margin `_CMIN`, the most central first."""
+    return _faces_of(v for r in fp.rings for v in r.xyz)
+
+
+def _faces_of(points) -> list[int]:
+    """`_faces` of a set of unit vectors."""
     lo = [2.0, 2.0, 2.0]
     hi = [-2.0, -2.0, -2.0]
-    for r in fp.rings:
-        for v in r.xyz:
-            for k in (0, 1, 2):
-                c = v[k]
-                if c < lo[k]:
-                    lo[k] = c
-                if c > hi[k]:
-                    hi[k] = c
+    for v in points:
+        for k in (0, 1, 2):
+            c = v[k]
+            if c < lo[k]:
+                lo[k] = c
+            if c > hi[k]:
+                hi[k] = c
     margins = [(lo[k], k) for k in (0, 1, 2)] + [(-hi[k], k + 3) for k in (0, 1, 2)]
     return [f for m, f in sorted(margins, reverse=True) if m >= _CMIN]
 
@@ -100,6 +122,32 @@ def _gnomonic(fp: Footprint, face: int) -> str:
     if len(wkb) == 1:
         return wkb[0].hex()
     return (b"\x01" + struct.pack("<II", 6, len(wkb)) + b"".join(wkb)).hex()
+
+
+def _gnomonic_point(v, face: int) -> str:
+    """The unit vector `v` projected like `_gnomonic`, as hex WKB (a POINT)."""
+    k = face % 3
+    i, j = (k + 1) % 3, (k + 2) % 3
+    return (b"\x01" + struct.pack("<Idd", 1, v[i] / v[k], v[j] / v[k])).hex()
+
+
+@functools.lru_cache(maxsize=None)
+def _micros_loader():
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+
+    unpack = struct.Struct(">q").unpack
+    since_2000 = 946_684_800_000_000  # PostgreSQL counts from 2000-01-01 UTC
+
+    class MicrosLoader(Loader):
+        """timestamptz in binary is int64 microseconds since 2000: no datetime
+        is built (nor an epoch computed on the server) for records whose times
+        may never be read."""
+        format = Format.BINARY
+
+        def load(self, data) -> int:
+            return unpack(data)[0] + since_2000
+    return MicrosLoader
 
 
 class PostgisCatalog(Catalog):
@@ -167,6 +215,12 @@ class PostgisCatalog(Catalog):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    def _cursor(self):
+        """A binary cursor that reads timestamptz as microseconds since 1970."""
+        cur = self._db().cursor(binary=True)
+        cur.adapters.register_loader("timestamptz", _micros_loader())
+        return cur
 
     def _db(self):
         if self._conn is None:
@@ -242,19 +296,46 @@ class PostgisCatalog(Catalog):
                                 if r.t0 is not None and r.t1 - r.t0 > span:
                                     span = r.t1 - r.t0
                     if empty:
-                        for ix in ("geog_time", "t0", "source", "orbit", "extra"):
-                            c.execute(f"DROP INDEX IF EXISTS {t}_{ix}")
+                        self._drop_indexes(c)
                     log.info("catalog: loading the staged records into %s", t)
-                    c.execute(f"INSERT INTO {t} ({cols}) SELECT DISTINCT ON (oid) {cols} "
-                              f"FROM {t}_load ORDER BY oid, seq DESC " + self._UPSERT)
+                    latest = (f"SELECT DISTINCT ON (oid) {cols} FROM {t}_load "
+                              "ORDER BY oid, seq DESC")
+                    if empty:  # nothing to merge with: store them in space-time order
+                        latest = f"SELECT * FROM ({latest}) s ORDER BY {_SPACE_TIME_ORDER}"
+                    c.execute(f"INSERT INTO {t} ({cols}) {latest} " + self._UPSERT)
                     self._update_span(c, span)
                     if empty:
-                        log.info("catalog: building the indexes of %s", t)
-                        c.execute("SET LOCAL maintenance_work_mem = '512MB'")
-                        self._indexes(c)
+                        self._build_indexes(c)
                 c.execute(f"ANALYZE {t}")
             except self._psycopg.Error as e:
                 raise CatalogError(f"the catalog refused the records: {e}") from e
+
+    def _drop_indexes(self, c) -> None:
+        for ix in _SECONDARY_INDEXES:
+            c.execute(f"DROP INDEX IF EXISTS {self.t}_{ix}")
+
+    def _build_indexes(self, c) -> None:
+        log.info("catalog: building the indexes of %s", self.t)
+        c.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        self._indexes(c)
+
+    def _optimize(self) -> None:
+        """Rewrite the table in space-time order and rebuild its indexes."""
+        t = self.t
+        with self._lock:
+            c = self._db()
+            try:
+                with c.transaction():
+                    c.execute(f"LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE")
+                    c.execute(f"CREATE TEMP TABLE {t}_sorted ON COMMIT DROP AS "
+                              f"SELECT * FROM {t} ORDER BY {_SPACE_TIME_ORDER}")
+                    self._drop_indexes(c)
+                    c.execute(f"TRUNCATE {t}")
+                    c.execute(f"INSERT INTO {t} SELECT * FROM {t}_sorted")
+                    self._build_indexes(c)
+                c.execute(f"ANALYZE {t}")
+            except self._psycopg.Error as e:
+                raise CatalogError(f"optimizing the catalog failed: {e}") from e
 
     def _delete(self, oids: list[str]) -> int:
         with self._lock:
@@ -280,21 +361,37 @@ class PostgisCatalog(Catalog):
                 whens = []
                 for f in _faces(q.region):
                     g = _gnomonic(q.region, f)
+                    inner = f"ST_Buffer(%s::geometry, {-_MARGIN!r}, 'quad_segs=2')"
                     whens.append(
-                        f"WHEN {f} THEN ST_Intersects(gnomonic, ST_Buffer(%s::geometry, "
-                        f"{-_MARGIN!r}, 'quad_segs=2')) OR (ST_Intersects(gnomonic, "
+                        f"WHEN {f} THEN ST_Intersects(gnomonic, ST_PointOnSurface({inner})) "
+                        f"OR ST_Intersects(gnomonic, {inner}) OR (ST_Intersects(gnomonic, "
                         f"ST_Buffer(%s::geometry, {2 * _MARGIN!r}, 'quad_segs=2')) "
                         f"AND {exact})")
-                    params += [g, g, region]
+                    params += [g, g, g, region]
                 conds.append(f"CASE face {' '.join(whens)} ELSE {exact} END" if whens
                              else exact)
                 params.append(region)
         if q.point is not None:
             lat, lon, rad = q.point
             point = "ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography"
-            conds.append(f"geog && _ST_Expand({point}, %s)" if client else
-                         f"ST_DWithin(geog, {point}, %s, false)")
-            params += [lon, lat, rad * EARTH_RADIUS_KM * 1000.0]
+            metres = rad * EARTH_RADIUS_KM * 1000.0
+            faces = [] if client or rad < 1e-9 else _faces_of([to_xyz(lon, lat)])
+            if client or faces:  # the index condition ST_DWithin brings, spelt out
+                conds.append(f"geog && _ST_Expand({point}, %s)")
+                params += [lon, lat, metres]
+            if not client:
+                # a footprint holding the point (in the plane of a face whose
+                # hemisphere holds both) is within any distance of it: a rounding
+                # error there is ~1e-15, far below `rad`; the rest is measured
+                exact = f"ST_DWithin(geog, {point}, %s, false)"
+                whens = []
+                for f in faces:
+                    whens.append(f"WHEN {f} THEN ST_Intersects(gnomonic, %s::geometry) "
+                                 f"OR {exact}")
+                    params += [_gnomonic_point(to_xyz(lon, lat), f), lon, lat, metres]
+                conds.append(f"CASE face {' '.join(whens)} ELSE {exact} END" if whens
+                             else exact)
+                params += [lon, lat, metres]
         if q.timed:
             lo, hi = from_us(q.t0), from_us(q.t1)
             conds.append("t0 IS NOT NULL")
@@ -345,7 +442,7 @@ class PostgisCatalog(Catalog):
         conds, params = self._where(q)
         sql = f"SELECT geom{cols} FROM {self.t} WHERE " + " AND ".join(conds)
         try:
-            rows = self._db().cursor(binary=True).execute(sql, params).fetchall()
+            rows = self._cursor().execute(sql, params).fetchall()
         except self._psycopg.Error as e:
             raise CatalogError(f"catalog query failed: {e}") from e
         mask = spatial_mask(q, [r[0] for r in rows])
@@ -364,7 +461,7 @@ class PostgisCatalog(Catalog):
             if q.limit is not None:
                 sql += f" LIMIT {int(q.limit)}"
             try:
-                rows = self._db().cursor(binary=True).execute(
+                rows = self._cursor().execute(
                     sql, params, prepare=self._prepare(q)).fetchall()
             except self._psycopg.Error as e:
                 raise CatalogError(f"catalog query failed: {e}") from e

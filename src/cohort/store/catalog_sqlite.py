@@ -194,6 +194,15 @@ class SqliteCatalog(Catalog):
                   (json.dumps(ids),))
         return len(ids)
 
+    def _optimize(self) -> None:
+        with self._lock:
+            c = self._db()
+            try:
+                c.execute("ANALYZE")
+                c.execute("VACUUM")
+            except sqlite3.Error as e:
+                raise CatalogError(f"optimizing the catalog {self.path} failed: {e}") from e
+
     def _delete(self, oids: list[str]) -> int:
         with self._lock:
             c = self._db()

@@ -264,6 +264,16 @@ def catalog_rm(args) -> int:
     return 1 if missing else 0
 
 
+def catalog_optimize(args) -> int:
+    cat = _open_catalog(args)
+    n = len(cat)
+    print(f"optimizing {cat.url} ({n} records) ...", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    cat.optimize()
+    print(f"done in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
 # --- parsers ---------------------------------------------------------------------
 def _wrap(func):
     def run(args) -> int:
@@ -347,3 +357,5 @@ def add_store_parsers(sub) -> None:
     p.add_argument("--extra", action="append", metavar="KEY=VALUE", help="more keys (repeatable)")
     p = ccmd("rm", catalog_rm, "remove records")
     p.add_argument("oids", nargs="+", metavar="OID")
+    ccmd("optimize", catalog_optimize, "reorganise the catalog for faster queries after many "
+         "adds (PostgreSQL: rewrites the table in space-time order, locking it meanwhile)")
