@@ -118,11 +118,6 @@ def remote_error(kind):
     return cohort.RemoteError if kind == "cohort" else ValueError
 
 
-def xfail_on_cohort(request, kind, reason):
-    if kind == "cohort":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 def fill_workers(ex, n=6):
     """SLOW tasks that occupy every worker and every pre-dispatch slot, so that
     what is submitted next waits in the queue (cohort: two engines with two
@@ -384,16 +379,24 @@ def test_result_timeout_while_running(ex):
     assert not fut.done() and not fut.cancelled()
 
 
-def test_running_is_true_once_the_task_started(request, ex, kind, tmp_path):
-    xfail_on_cohort(request, kind, "not supported: engines do not tell clients when a task "
-                    "starts (a message per task would halve throughput), so running() stays "
-                    "False; cancel() still refuses once a task was sent to an engine")
+def test_running_is_true_once_the_task_started(ex, tmp_path):
     marker = tmp_path / "started"
     fut = ex.submit(touch_and_sleep, str(marker), SLOW)
     wait_until(marker.exists, timeout=15, msg="the task to start")
     assert not fut.done()
     assert fut.cancel() is False  # it runs: too late to cancel
     assert fut.running()
+    assert fut.result(timeout=30) == str(marker)
+    assert not fut.running()
+
+
+def test_running_is_false_while_queued(ex):
+    blockers = fill_workers(ex)
+    queued = ex.submit(mul, 3, 2)
+    assert not queued.running() and not queued.done()
+    for b in blockers:
+        b.result(timeout=60)
+    assert queued.result(timeout=30) == 6 and not queued.running()
 
 
 # --- cancel -----------------------------------------------------------------------------

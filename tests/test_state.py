@@ -282,3 +282,12 @@ def test_cancel_is_all_or_nothing_and_only_for_tasks_still_at_the_controller():
     assert ids(st.cancel(A, ["t2", "t3"])) == ["t2", "t3"]
     assert not st.engines[0].queue and set(st.tasks) == {"t1"}
     assert st.cancel(A, []) == []
+
+
+def test_dispatched_tells_which_tasks_left_the_controller():
+    st = make_state(window=1)
+    for t in ("t1", "t2"):
+        st.submit(task(t))  # t1 is sent to engine 0; t2 waits at the controller
+    assert st.dispatched(A, ["t1", "t2"]) == ["t1"]
+    assert st.dispatched(A, ["gone"]) == ["gone"]     # finished or unknown: not cancellable
+    assert st.dispatched(b"other-client", ["t2"]) == ["t2"]  # not its task to wait on

@@ -9,7 +9,8 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as _FutureTimeout
 
-from ..errors import CompositeError, RemoteError, TimeoutError, error_from_content
+from ..errors import (CompositeError, ControllerError, RemoteError, TimeoutError,
+                      error_from_content)
 
 
 class Waiting:
@@ -157,6 +158,28 @@ class AsyncResult(Waiting, Future):
         for p in self._payloads:
             p.release()
         return _cancel_and_notify(self)
+
+    def running(self) -> bool:
+        """True once part of the call was sent to an engine, until it is done.
+
+        Asks the controller (one round trip) until the answer is yes; from
+        then on `cancel()` returns False without asking, as
+        `concurrent.futures` promises for a running future.
+        """
+        if self.done():
+            return False
+        if Future.running(self):
+            return True
+        try:
+            started = self._client._started(self.msg_ids)
+        except (TimeoutError, ControllerError):
+            return False
+        if not started:
+            return False
+        try:
+            return self.set_running_or_notify_cancel()
+        except RuntimeError:  # finished (or cancelled) meanwhile
+            return False
 
     def get_dict(self, timeout: float | None = None) -> dict:
         """{engine id: value} (waits like `get`)."""

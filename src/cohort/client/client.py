@@ -435,6 +435,10 @@ class Client:
             self._resend.pop(mid, None)
         return True
 
+    def _started(self, msg_ids) -> bool:
+        """True if any of these tasks left the controller's queues (sent to an engine)."""
+        return bool(self._request("started", {"ids": list(msg_ids)})["started"])
+
     def queue_status(self, targets=None) -> dict:
         """{engine id: {"queue", "inflight", "completed", "failed"}}."""
         st = self._request("queue_status", {"targets": self._target_list(targets)})["status"]

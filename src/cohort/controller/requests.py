@@ -113,6 +113,10 @@ class ClientRequests:
         self.reply(msg, {"cancelled": bool(dropped)})
         self.act()
 
+    def client_started(self, msg) -> None:
+        ids = [str(i) for i in msg.content.get("ids", ())]
+        self.reply(msg, {"started": self.state.dispatched(msg.header["s"].encode(), ids)})
+
     def client_interrupt(self, msg) -> None:
         targets = self._targets(msg)
         for eid in targets:

@@ -244,10 +244,7 @@ class HubState(LoadBalancing):
         All or nothing, so a cancelled future never has a part that ran.
         """
         ids = list(dict.fromkeys(ids))
-        found = [t for t in (self.tasks.get(i) for i in ids)
-                 if t is not None and t.client == client and (
-                     t.engine is None if t.lb else
-                     t.engine in self.engines and t.id not in self.engines[t.engine].inflight)]
+        found = self._queued_here(client, ids)
         if not ids or len(found) != len(ids):
             return []
         for t in found:  # all out first, so none of them fails as another's dependent
@@ -260,6 +257,20 @@ class HubState(LoadBalancing):
         for t in found:
             self._finished(t, False)
         return found
+
+    def _queued_here(self, client: bytes, ids) -> list:
+        """The tasks of `ids` (sent by `client`) that wait at the controller:
+        not yet sent to an engine."""
+        return [t for t in (self.tasks.get(i) for i in ids)
+                if t is not None and t.client == client and (
+                    t.engine is None if t.lb else
+                    t.engine in self.engines and t.id not in self.engines[t.engine].inflight)]
+
+    def dispatched(self, client: bytes, ids) -> list:
+        """The ids of `ids` that left the controller's queues: sent to an
+        engine (running or waiting there), finished, or unknown."""
+        queued = {t.id for t in self._queued_here(client, ids)}
+        return [i for i in ids if i not in queued]
 
     def queue_status(self, targets=None) -> dict:
         engines = self.engines.values() if targets is None else \
