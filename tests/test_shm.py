@@ -145,3 +145,65 @@ def test_a_vanished_segment_is_an_error_not_a_crash(enabled):
         shm.map_segment(f"cohort-{enabled}-{'0' * 16}", MB, True)
     with pytest.raises(ValueError, match="not a cohort segment"):
         shm.map_segment(f"cohort-{enabled}-pool-100000-{'0' * 16}", MB, True)
+
+
+def _child_drops_and_exits(arr, done):
+    del arr
+    gc.collect()
+    import atexit
+    atexit._run_exitfuncs()  # what a normal interpreter exit would run
+    done.set()
+
+
+def _child_holds(arr, dropped, result):
+    dropped.wait(30)  # the parent let go of its copy and wrote again meanwhile
+    result.put(float(arr.sum()))
+
+
+def test_a_forked_child_that_exits_leaves_the_parents_segment_alone(enabled):
+    import multiprocessing as mp
+    fork = mp.get_context("fork")
+    got = receive(np.ones(2 * MB // 8))
+    done = fork.Event()
+    p = fork.Process(target=_child_drops_and_exits, args=(got, done))
+    p.start()
+    p.join(30)
+    assert done.is_set() and p.exitcode == 0
+    assert files(enabled, "pool") == []
+    shm.unlink(shm.write_segment(np.full(2 * MB // 8, 9.0)))
+    assert np.all(got == 1.0)
+
+
+def test_a_segment_a_forked_child_still_maps_is_not_pooled(enabled):
+    import multiprocessing as mp
+    fork = mp.get_context("fork")
+    got = receive(np.ones(2 * MB // 8))
+    dropped, result = fork.Event(), fork.Queue()
+    p = fork.Process(target=_child_holds, args=(got, dropped, result))
+    p.start()
+    del got
+    gc.collect()
+    assert files(enabled, "pool") == []  # the child may still read those pages
+    shm.unlink(shm.write_segment(np.full(2 * MB // 8, 9.0)))
+    dropped.set()
+    assert result.get(timeout=30) == 2 * MB // 8
+    p.join(30)
+
+
+def test_a_full_dev_shm_empties_the_pool_and_tries_once_more(enabled, monkeypatch):
+    import errno
+    got = receive(np.ones(MB // 8))
+    del got
+    gc.collect()
+    assert len(files(enabled, "pool")) == 1
+    real, calls = shm._write_segment, []
+
+    def full_while_pooled(buf):
+        calls.append(1)
+        if files(enabled, "pool"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(buf)
+    monkeypatch.setattr(shm, "_write_segment", full_while_pooled)
+    name = shm.write_segment(np.zeros(4 * MB // 8))  # a size the pool cannot serve
+    assert len(calls) == 2 and files(enabled, "pool") == []
+    shm.unlink(name)

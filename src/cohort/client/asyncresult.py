@@ -8,6 +8,8 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as _FutureTimeout
+from concurrent.futures._base import PENDING as _PENDING
+from concurrent.futures._base import RUNNING as _RUNNING
 
 from ..errors import (CompositeError, ControllerError, RemoteError, TimeoutError,
                       error_from_content)
@@ -153,6 +155,8 @@ class AsyncResult(Waiting, Future):
         """
         if self.done():
             return self.cancelled()
+        if Future.running(self):  # `running()` saw it on an engine: too late
+            return False
         if not self._client._cancel(self.msg_ids):
             return False
         for p in self._payloads:
@@ -176,10 +180,10 @@ class AsyncResult(Waiting, Future):
             return False
         if not started:
             return False
-        try:
-            return self.set_running_or_notify_cancel()
-        except RuntimeError:  # finished (or cancelled) meanwhile
-            return False
+        with self._condition:  # unless it finished or was cancelled meanwhile
+            if self._state == _PENDING:
+                self._state = _RUNNING
+            return self._state == _RUNNING
 
     def get_dict(self, timeout: float | None = None) -> dict:
         """{engine id: value} (waits like `get`)."""

@@ -267,10 +267,11 @@ class HubState(LoadBalancing):
                     t.engine in self.engines and t.id not in self.engines[t.engine].inflight)]
 
     def dispatched(self, client: bytes, ids) -> list:
-        """The ids of `ids` that left the controller's queues: sent to an
-        engine (running or waiting there), finished, or unknown."""
+        """The ids of `ids` sent to an engine and not finished (running or
+        waiting there). Unknown ids are not: a task cancelled meanwhile must
+        not look as if it ran."""
         queued = {t.id for t in self._queued_here(client, ids)}
-        return [i for i in ids if i not in queued]
+        return [i for i in ids if i in self.tasks and i not in queued]
 
     def queue_status(self, targets=None) -> dict:
         engines = self.engines.values() if targets is None else \

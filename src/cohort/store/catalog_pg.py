@@ -3,7 +3,7 @@
 One table (default ``cohort_catalog``): footprints as ``geography`` (SRID 4326,
 polygon or multipolygon), times as ``timestamptz``, ``extra`` as ``jsonb``.
 Indexes: GIST on ``(geog, tstzrange(t0, t1, '[]'))`` — space and time in one
-index —, B-trees on ``oid`` (unique), ``t0``, ``(source, orbit)``, ``orbit``, and
+index —, B-trees on ``oid`` (unique), ``t0``, ``(source, orbit)``, ``(orbit, source)``, and
 GIN on ``extra``. Intersections are ``ST_Intersects(geography, geography)``;
 distances ``ST_DWithin(..., use_spheroid => false)``: on the sphere of radius
 6371.0088 km, like the SQLite backend. With ``exact="client"`` the GIST
@@ -207,7 +207,9 @@ class PostgisCatalog(Catalog):
                   "USING gist (geog, tstzrange(t0, t1, '[]'))")
         c.execute(f"CREATE INDEX IF NOT EXISTS {t}_t0 ON {t} (t0)")
         c.execute(f"CREATE INDEX IF NOT EXISTS {t}_source ON {t} (source, orbit)")
-        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_orbit ON {t} (orbit)")
+        # (orbit, source), not (orbit): in space-time order the planner favours
+        # an orbit range over (source, orbit), and then fetched 10x the rows
+        c.execute(f"CREATE INDEX IF NOT EXISTS {t}_orbit ON {t} (orbit, source)")
         c.execute(f"CREATE INDEX IF NOT EXISTS {t}_extra ON {t} USING gin (extra jsonb_path_ops)")
 
     def close(self) -> None:
@@ -331,7 +333,8 @@ class PostgisCatalog(Catalog):
                               f"SELECT * FROM {t} ORDER BY {_SPACE_TIME_ORDER}")
                     self._drop_indexes(c)
                     c.execute(f"TRUNCATE {t}")
-                    c.execute(f"INSERT INTO {t} SELECT * FROM {t}_sorted")
+                    c.execute(f"INSERT INTO {t} SELECT * FROM {t}_sorted "
+                              f"ORDER BY {_SPACE_TIME_ORDER}")
                     self._build_indexes(c)
                 c.execute(f"ANALYZE {t}")
             except self._psycopg.Error as e:

@@ -269,7 +269,10 @@ def catalog_optimize(args) -> int:
     n = len(cat)
     print(f"optimizing {cat.url} ({n} records) ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    cat.optimize()
+    try:
+        cat.optimize()
+    finally:
+        cat.close()
     print(f"done in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     return 0
 

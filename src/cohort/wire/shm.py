@@ -24,7 +24,9 @@ controller writes with a random token (containers on one host may not share
 from __future__ import annotations
 
 import array
+import atexit
 import ctypes
+import errno
 import logging
 import mmap
 import os
@@ -109,6 +111,15 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 def write_segment(buf) -> str:
     """Copy `buf` into a segment (a pooled one if it fits, else a new one); return its name."""
+    try:
+        return _write_segment(buf)
+    except OSError as e:
+        if e.errno != errno.ENOSPC or not trim_pool(idle=0):
+            raise
+        return _write_segment(buf)  # the pool held the space this needs
+
+
+def _write_segment(buf) -> str:
     view = memoryview(buf).cast("B")
     name = f"{_prefix}-{os.urandom(8).hex()}"
     path = os.path.join(SHM_DIR, name)
@@ -248,7 +259,9 @@ def map_segment(name: str, nbytes: int, owned: bool) -> memoryview:
         unlink(name)
     address = ctypes.addressof(ctypes.c_char.from_buffer(mm))  # ACCESS_COPY is writable
     _kept[id(mm)] = (kept, address, nbytes)
-    weakref.finalize(mm, _forget, id(mm), kept)
+    fin = weakref.finalize(mm, _forget, id(mm), kept)
+    fin.atexit = False  # `_at_exit` unlinks instead: other threads may still read it
+    _finalizers[id(mm)] = fin
     return memoryview(mm)
 
 
@@ -267,7 +280,42 @@ def _read_copy(path: str, nbytes: int) -> memoryview:
 
 def _forget(key: int, name: str) -> None:
     _kept.pop(key, None)
-    _pool_or_unlink(name)
+    _finalizers.pop(key, None)
+    if name in _forked_with:  # a forked child may map it still, without a name
+        _forked_with.discard(name)
+        unlink(name)
+    else:
+        _pool_or_unlink(name)
+
+
+# A forked child inherits this process's mappings but adds no link for them,
+# so the link count no longer counts everyone who sees the pages: such
+# segments are never pooled, and the child leaves the names to the parent.
+_finalizers: dict[int, weakref.finalize] = {}
+_forked_with: set[str] = set()
+
+
+def _before_fork() -> None:
+    _forked_with.update(v[0] for v in _kept.values())
+
+
+def _after_fork_in_child() -> None:
+    for fin in _finalizers.values():
+        fin.detach()
+    _finalizers.clear()
+    _kept.clear()
+    _forked_with.clear()
+
+
+def _at_exit() -> None:
+    """Unlink (never pool) the names of mappings still alive at exit."""
+    for name, _, _ in list(_kept.values()):
+        unlink(name)
+    _kept.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)
 
 
 def _backing(buf) -> tuple[str, int, int] | None:
