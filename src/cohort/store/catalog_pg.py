@@ -36,7 +36,6 @@ GIST index and the heap reads of a region-and-month query.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
@@ -64,7 +63,7 @@ _SPACE_TIME_ORDER = (
 _SECONDARY_INDEXES = ("geog_time", "t0", "source", "orbit", "extra")
 _COLS = ("oid, filename, source, version, t0, t1, orbit, footprint, geog, geom, extra, face, "
          "gnomonic")
-# what a query returns: times as microseconds (`_micros_loader`), extra as text
+# what a query returns: times as microseconds since 2000 (`_PgRecord`), extra as text
 # (both decoded lazily by `Record`)
 _OUT = "oid, filename, source, version, t0, t1, orbit, footprint, extra::text"
 
@@ -131,23 +130,27 @@ def _gnomonic_point(v, face: int) -> str:
     return (b"\x01" + struct.pack("<Idd", 1, v[i] / v[k], v[j] / v[k])).hex()
 
 
-@functools.lru_cache(maxsize=None)
-def _micros_loader():
-    from psycopg.adapt import Loader
-    from psycopg.pq import Format
+_SINCE_2000 = 946_684_800_000_000  # microseconds from 1970 to PostgreSQL's epoch, 2000-01-01 UTC
 
-    unpack = struct.Struct(">q").unpack
-    since_2000 = 946_684_800_000_000  # PostgreSQL counts from 2000-01-01 UTC
 
-    class MicrosLoader(Loader):
-        """timestamptz in binary is int64 microseconds since 2000: no datetime
-        is built (nor an epoch computed on the server) for records whose times
-        may never be read."""
-        format = Format.BINARY
+class _PgRecord(Record):
+    """A record whose stored times count microseconds from 2000-01-01 UTC:
+    binary timestamptz read as a plain int8 (in C), so nothing is converted
+    per row on either side for times that may never be read."""
 
-        def load(self, data) -> int:
-            return unpack(data)[0] + since_2000
-    return MicrosLoader
+    __slots__ = ()
+
+    @property
+    def start(self):
+        if self._start is Record._UNSET:
+            self._start = None if self._t0 is None else from_us(self._t0 + _SINCE_2000)
+        return self._start
+
+    @property
+    def end(self):
+        if self._end is Record._UNSET:
+            self._end = None if self._t1 is None else from_us(self._t1 + _SINCE_2000)
+        return self._end
 
 
 class PostgisCatalog(Catalog):
@@ -219,9 +222,11 @@ class PostgisCatalog(Catalog):
                 self._conn = None
 
     def _cursor(self):
-        """A binary cursor that reads timestamptz as microseconds since 1970."""
+        """A binary cursor that reads timestamptz as int8: microseconds since
+        2000 (`_PgRecord`)."""
+        from psycopg.types.numeric import Int8BinaryLoader
         cur = self._db().cursor(binary=True)
-        cur.adapters.register_loader("timestamptz", _micros_loader())
+        cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
         return cur
 
     def _db(self):
@@ -455,7 +460,7 @@ class PostgisCatalog(Catalog):
         with self._lock:
             if q.spatial and self.exact == "client":
                 return in_result_order(
-                    [Record.from_row(*r[1:]) for r in self._client_exact(q, ", " + _OUT)], q.limit)
+                    [_PgRecord.from_row(*r[1:]) for r in self._client_exact(q, ", " + _OUT)], q.limit)
             conds, params = self._where(q)
             sql = f"SELECT {_OUT} FROM {self.t}"
             if conds:
@@ -468,7 +473,7 @@ class PostgisCatalog(Catalog):
                     sql, params, prepare=self._prepare(q)).fetchall()
             except self._psycopg.Error as e:
                 raise CatalogError(f"catalog query failed: {e}") from e
-        return [Record.from_row(*r) for r in rows]
+        return [_PgRecord.from_row(*r) for r in rows]
 
     def _count(self, q: Query) -> int:
         with self._lock:
