@@ -13,7 +13,7 @@ import zmq
 from ..errors import ControllerError, TimeoutError
 from ..liveness import HeartbeatWatch
 from ..profile import ConnectionInfo, resolve_connection_file
-from ..wire import Payload, Session, batch, send_frames, shm
+from ..wire import Payload, Session, batch, drain, recv_frames, send_frames, shm
 from .asyncresult import AsyncResult
 from .lbview import LoadBalancedView
 from .view import DirectView
@@ -88,7 +88,7 @@ class Client:
                     f"no controller answered at {self.info.url('client')} within {timeout:g} s "
                     f"(connection file {self.connection_file}): is the cluster running? "
                     f"`cohort status` tells")
-            msgs = self.session.receive_all(self._recv_sock.recv_multipart(copy=False))
+            msgs = self.session.receive_all(recv_frames(self._recv_sock))
             for i, msg in enumerate(msgs):
                 if msg.header["t"] == "reply":
                     for e in msg.content["engines"]:
@@ -123,10 +123,11 @@ class Client:
                         self._resume()
                 if sock not in events:
                     continue
-                frames = sock.recv_multipart(copy=False)
+                received = list(drain(sock, 64))
             except zmq.ZMQError:
                 return
-            self._handle_all(frames)
+            for frames in received:
+                self._handle_all(frames)
 
     def _resume(self) -> None:
         """A new controller took over: connect again and ask about pending tasks."""
@@ -155,7 +156,7 @@ class Client:
         while not fut.done() and time.monotonic() < deadline:
             if not self._recv_sock.poll(100):
                 continue
-            self._handle_all(self._recv_sock.recv_multipart(copy=False))
+            self._handle_all(recv_frames(self._recv_sock))
 
     def _handle_all(self, frames) -> None:
         """Handle each valid message of what was received (one message or a batch)."""

@@ -28,7 +28,7 @@ import zmq
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
-from ..wire import Outbox, Session, shm
+from ..wire import Outbox, Session, drain, shm
 from .records import TaskLog
 from .recovery import RestartRecovery
 from .requests import ClientRequests
@@ -153,11 +153,7 @@ class Controller(RestartRecovery, ClientRequests):
             self.close()
 
     def _drain(self, sock, handler) -> None:
-        for _ in range(DRAIN):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in drain(sock, DRAIN):
             for msg in self.session.receive_all(frames):
                 try:
                     handler(msg)

@@ -41,7 +41,7 @@ from ..liveness import HeartbeatWatch
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
 from .. import wire as wire_pkg
-from ..wire import Session, batch, deserialize, send_frames, shm
+from ..wire import Session, batch, deserialize, drain, send_frames, shm
 from ..store.ref import Ref, resolve, store_value
 from ..wire.serialize import Serialized, serialize, stateless
 from . import display as display_mod
@@ -249,11 +249,7 @@ class Engine:
 
     def _receive_tasks(self) -> None:
         """Take every task waiting on the socket (one batch or many) into the inbox."""
-        for _ in range(64):
-            try:
-                frames = self.task_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in drain(self.task_sock, 64):
             self._inbox.extend(self.session.receive_all(frames))
 
     def run_task(self, msg) -> None:
