@@ -65,7 +65,10 @@ _COLS = ("oid, filename, source, version, t0, t1, orbit, footprint, geog, geom, 
          "gnomonic")
 # what a query returns: times as microseconds since 2000 (`_PgRecord`), extra as text
 # (both decoded lazily by `Record`)
-_OUT = "oid, filename, source, version, t0, t1, orbit, footprint, extra::text"
+# (an empty extra comes back as NULL: converting '{}' to text for each of 674
+# rows cost 0.5 ms of a 10 ms query)
+_OUT = ("oid, filename, source, version, t0, t1, orbit, footprint, "
+        "NULLIF(extra, '{}'::jsonb)::text")
 
 # A footprint (or region) has a gnomonic projection onto face f (axis k = f % 3,
 # sign + for f < 3) when every vertex v has sign * v[k] >= _CMIN: within 78.5
