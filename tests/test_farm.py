@@ -70,6 +70,18 @@ def test_imap_streams_and_drops_consumed_results(rc):
         it.get()
 
 
+def test_map_is_running_once_a_chunk_went_to_an_engine(rc):
+    lv = rc.load_balanced_view()
+    blockers = [lv.apply(slow_square, i, 1.0) for i in range(6)]  # engines busy for a while
+    mr = lv.map(slow_square, range(4), chunksize=1)
+    assert not mr.running()  # every chunk still waits at the controller
+    wait_until(mr.running, timeout=20, msg="a chunk to reach an engine")
+    assert mr.result(timeout=60) == [0, 1, 4, 9]
+    assert not mr.running()
+    for b in blockers:
+        b.get(timeout=30)
+
+
 def test_map_error_raised_at_its_place(rc):
     lv = rc.load_balanced_view()
     ar = lv.map(fail_on, range(10), [6] * 10, chunksize=1)
