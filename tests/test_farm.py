@@ -72,6 +72,10 @@ def test_imap_streams_and_drops_consumed_results(rc):
 
 def test_map_is_running_once_a_chunk_went_to_an_engine(rc):
     lv = rc.load_balanced_view()
+    # long tasks on each engine first: the window of tasks in flight per engine
+    # shrinks back to --lb-window (it widens for short tasks, as earlier tests ran)
+    for w in [lv.apply(slow_square, i, 0.2) for i in range(2)]:
+        w.get(timeout=30)
     blockers = [lv.apply(slow_square, i, 1.0) for i in range(6)]  # engines busy for a while
     mr = lv.map(slow_square, range(4), chunksize=1)
     assert not mr.running()  # every chunk still waits at the controller
