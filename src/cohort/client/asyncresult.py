@@ -11,8 +11,7 @@ from concurrent.futures import TimeoutError as _FutureTimeout
 from concurrent.futures._base import PENDING as _PENDING
 from concurrent.futures._base import RUNNING as _RUNNING
 
-from ..errors import (CompositeError, ControllerError, RemoteError, TimeoutError,
-                      error_from_content)
+from ..errors import CompositeError, RemoteError, TimeoutError, error_from_content
 
 
 class Waiting:
@@ -174,11 +173,7 @@ class AsyncResult(Waiting, Future):
             return False
         if Future.running(self):
             return True
-        try:
-            started = self._client._started(self.msg_ids)
-        except (TimeoutError, ControllerError):
-            return False
-        if not started:
+        if not self._client._started(self.msg_ids):
             return False
         with self._condition:  # unless it finished or was cancelled meanwhile
             if self._state == _PENDING:

@@ -437,8 +437,12 @@ class Client:
         return True
 
     def _started(self, msg_ids) -> bool:
-        """True if any of these tasks left the controller's queues (sent to an engine)."""
-        return bool(self._request("started", {"ids": list(msg_ids)})["started"])
+        """True if any of these tasks was sent to an engine and is not done;
+        False also when the controller does not answer."""
+        try:
+            return bool(self._request("started", {"ids": list(msg_ids)})["started"])
+        except (TimeoutError, ControllerError):
+            return False
 
     def queue_status(self, targets=None) -> dict:
         """{engine id: {"queue", "inflight", "completed", "failed"}}."""

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import CancelledError, Future
 
 from .. import _remote
-from ..errors import ControllerError, TaskCancelled, TimeoutError
+from ..errors import TaskCancelled, TimeoutError
 from .asyncresult import Waiting, _cancel_and_notify
 
 # automatic chunks aim at this much work each: with 0.02 s, 10 ms items lost ~6 % to
@@ -276,10 +276,7 @@ class MapResult(Waiting, Future):
         if self.progress or self._errors:
             return True
         ids = list(self.msg_ids)
-        try:
-            return bool(ids) and self._client._started(ids) and not self.done()
-        except (TimeoutError, ControllerError):
-            return False
+        return bool(ids) and self._client._started(ids) and not self.done()
 
     def cancel(self) -> bool:
         """Cancel if no chunk has started; else stop feeding, abort the queued

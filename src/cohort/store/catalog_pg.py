@@ -126,6 +126,11 @@ def _gnomonic(fp: Footprint, face: int) -> str:
     return (b"\x01" + struct.pack("<II", 6, len(wkb)) + b"".join(wkb)).hex()
 
 
+def _by_face(whens: list[str], otherwise: str) -> str:
+    """A test chosen by each row's face (``WHEN f THEN ...`` arms), `otherwise` else."""
+    return f"CASE face {' '.join(whens)} ELSE {otherwise} END" if whens else otherwise
+
+
 def _gnomonic_point(v, face: int) -> str:
     """The unit vector `v` projected like `_gnomonic`, as hex WKB (a POINT)."""
     k = face % 3
@@ -379,14 +384,14 @@ class PostgisCatalog(Catalog):
                         f"ST_Buffer(%s::geometry, {2 * _MARGIN!r}, 'quad_segs=2')) "
                         f"AND {exact})")
                     params += [g, g, g, region]
-                conds.append(f"CASE face {' '.join(whens)} ELSE {exact} END" if whens
-                             else exact)
+                conds.append(_by_face(whens, exact))
                 params.append(region)
         if q.point is not None:
             lat, lon, rad = q.point
             point = "ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography"
             metres = rad * EARTH_RADIUS_KM * 1000.0
-            faces = [] if client or rad < 1e-9 else _faces_of([to_xyz(lon, lat)])
+            p = to_xyz(lon, lat)
+            faces = [] if client or rad < 1e-9 else _faces_of([p])
             if client or faces:  # the index condition ST_DWithin brings, spelt out
                 conds.append(f"geog && _ST_Expand({point}, %s)")
                 params += [lon, lat, metres]
@@ -399,9 +404,8 @@ class PostgisCatalog(Catalog):
                 for f in faces:
                     whens.append(f"WHEN {f} THEN ST_Intersects(gnomonic, %s::geometry) "
                                  f"OR {exact}")
-                    params += [_gnomonic_point(to_xyz(lon, lat), f), lon, lat, metres]
-                conds.append(f"CASE face {' '.join(whens)} ELSE {exact} END" if whens
-                             else exact)
+                    params += [_gnomonic_point(p, f), lon, lat, metres]
+                conds.append(_by_face(whens, exact))
                 params += [lon, lat, metres]
         if q.timed:
             lo, hi = from_us(q.t0), from_us(q.t1)
