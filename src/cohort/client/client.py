@@ -60,6 +60,8 @@ class Client:
         self._send_lock = threading.Lock()   # held while sending: batches go out in order
         self._queue_lock = threading.Lock()  # guards _outq only, so submitting never waits for a send
         self._outq: list = []  # tasks to send in the I/O thread's next batch
+        self._soon: list = []  # callables the I/O thread runs when it next wakes, before sending
+        self._call_times: dict = {}  # function -> seconds per call on engines (see batching)
         self._wake_r, self._wake_w = os.pipe()  # tells the I/O thread there is something to send
         os.set_blocking(self._wake_r, False)
         self._pending_lock = threading.Lock()  # guards swapping the two dicts below
@@ -110,6 +112,8 @@ class Client:
                 events = dict(poller.poll(100))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
+                if self._soon:
+                    self._run_soon()
                 if self._outq:
                     self._flush()
                 now = time.monotonic()
@@ -128,6 +132,23 @@ class Client:
                 return
             for frames in received:
                 self._handle_all(frames)
+
+    def _call_soon(self, callback) -> None:
+        """Run `callback` on the I/O thread when it next wakes, before it sends."""
+        with self._queue_lock:
+            first = not self._soon
+            self._soon.append(callback)
+        if first:
+            os.write(self._wake_w, b"!")
+
+    def _run_soon(self) -> None:
+        with self._queue_lock:
+            soon, self._soon = self._soon, []
+        for callback in soon:
+            try:
+                callback()
+            except Exception:
+                log.exception("error in a deferred send")
 
     def _resume(self) -> None:
         """A new controller took over: connect again and ask about pending tasks."""

@@ -17,6 +17,7 @@ import threading
 import time
 
 from ..errors import TaskAborted
+from .batching import BatchedFuture, SubmitBatcher
 
 
 class Executor(cf.Executor):
@@ -27,13 +28,25 @@ class Executor(cf.Executor):
         self._futures: set = set()
         self._lock = threading.Lock()
         self._shutdown = False
+        self._batcher = SubmitBatcher(view)
 
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        """Run ``fn(*args, **kwargs)`` on an engine; its Future at once.
+
+        Calls of a function known to be quick, made while others are out,
+        travel in batches (see `cohort.client.batching`); each still has its
+        own Future, value or error.
+        """
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            fut = self._view._apply(fn, args, kwargs, self._view.policy,
-                                    self._view.after, self._view.follow)
+            batcher = self._batcher
+            if batcher.wants(fn):
+                fut = batcher.add(fn, args, kwargs)
+            else:
+                fut = self._view._apply(fn, args, kwargs, self._view.policy,
+                                        self._view.after, self._view.follow)
+                fut.add_done_callback(lambda ar: batcher.learn(fn, ar))
             self._futures.add(fut)
         fut.add_done_callback(self._forget)
         return fut
@@ -59,8 +72,12 @@ class Executor(cf.Executor):
             self._shutdown = True
             pending = list(self._futures)
         if cancel_futures:
+            self._batcher.cancel([f for f in pending if isinstance(f, BatchedFuture)])
             for fut in pending:
-                fut.cancel()
+                if not isinstance(fut, BatchedFuture):
+                    fut.cancel()
+        else:
+            self._batcher.flush()  # what it holds goes now, not when the I/O thread runs
         if wait:
             cf.wait(pending)
 

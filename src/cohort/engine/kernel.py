@@ -273,7 +273,7 @@ class Engine:
             self._in_user = True
             t = hdr["t"]
             if t == "apply":
-                objects = (self._apply(msg),)
+                objects = (self._apply_each(msg) if hdr.get("each") else self._apply(msg),)
             elif t == "execute":
                 value = self.execute(msg.content["code"], msg.content.get("filename"))
                 display_mod.after_execute(value)  # open figures, a rich last value
@@ -286,7 +286,7 @@ class Engine:
                 objects = (self._pull(msg.content["names"]),)
             else:
                 raise ValueError(f"unknown task type {t!r}")
-            if objects and self.info.store_threshold:
+            if objects and self.info.store_threshold and not hdr.get("each"):
                 objects = (self._maybe_store(objects[0]),)
             self._in_user = False
         except BaseException as e:  # user errors, KeyboardInterrupt and SystemExit alike
@@ -341,12 +341,24 @@ class Engine:
         return f
 
     def _apply(self, msg):
+        f, (args, kwargs) = self._function_and_args(msg)
+        return _call(f, args, kwargs)
+
+    def _apply_each(self, msg) -> list:
+        """A batch of calls of one function (quick `Executor.submit`s sent together):
+        each call's outcome on its own, ``(True, value)`` or ``(False, error content)``."""
+        f, (calls, _) = self._function_and_args(msg)
+        out = []
+        for args, kwargs in calls:
+            try:
+                out.append((True, _call(f, args, kwargs)))
+            except Exception as e:  # that call's error; an interrupt stops the whole batch
+                out.append((False, self._error_content(e)))
+        return out
+
+    def _function_and_args(self, msg):
         fn_frames, arg_frames = msg.object_frames()
         f = self._load_function(fn_frames)
-        args, kwargs = deserialize(arg_frames)
-        if Ref in map(type, args) or Ref in map(type, kwargs.values()):  # fetched here, not by the client
-            args = [resolve(a) for a in args]
-            kwargs = {k: resolve(v) for k, v in kwargs.items()}
         if isinstance(f, types.FunctionType) and (f.__module__ == "__main__"
                                                   or f.__module__ not in sys.modules):
             # defined interactively (a notebook, a script, a module this engine lacks):
@@ -356,7 +368,7 @@ class Engine:
             shipped = f
             f = types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
             f.__kwdefaults__ = shipped.__kwdefaults__
-        return f(*args, **kwargs)
+        return f, deserialize(arg_frames)
 
     def _pull(self, names):
         single = isinstance(names, str)
@@ -524,3 +536,11 @@ def run_engine(connection_file, controller_timeout: float = 30.0, mpi: bool = Fa
         return 1
     engine.serve()
     return 0
+
+
+def _call(f, args, kwargs):
+    """``f(*args, **kwargs)``, store references among the arguments fetched here."""
+    if Ref in map(type, args) or Ref in map(type, kwargs.values()):  # not by the client
+        args = [resolve(a) for a in args]
+        kwargs = {k: resolve(v) for k, v in kwargs.items()}
+    return f(*args, **kwargs)
