@@ -187,3 +187,62 @@ def test_a_batch_lost_with_its_engine_fails_each_call_with_engine_error(make_clu
             with pytest.raises(cohort.EngineError):
                 f.result(timeout=30)
         blocker.result(timeout=30)
+
+
+def test_a_batched_call_is_pickled_at_submit(rc):
+    import threading
+    with rc.executor() as ex:
+        learned(ex, len, [1])
+        blocker = ex.submit(sleep_return, 0.3)
+        items = []
+        futs = []
+        for i in range(20):
+            items.append(i)
+            futs.append(ex.submit(len, items))  # the list as it is now, as unbatched
+        with pytest.raises(TypeError):
+            ex.submit(len, threading.Lock())  # cannot be pickled: raises here, as unbatched
+        assert [f.result(timeout=30) for f in futs] == list(range(1, 21))
+        assert any(isinstance(f, BatchedFuture) for f in futs)
+        blocker.result(timeout=30)
+
+
+def test_closing_the_client_fails_calls_not_sent_yet(cluster):
+    with cohort.Client(cluster.connection_file, stream_output=False) as rc:
+        ex = rc.executor()
+        learned(ex, square, 1)
+        ex.submit(sleep_return, 0.5)
+        futs = [ex.submit(square, i) for i in range(50)]
+    for f in futs:
+        wait_until(f.done, timeout=15, msg="every call to end")
+        assert f.cancelled() or f.exception() is None or \
+            isinstance(f.exception(), cohort.ControllerError)
+
+
+def test_callbacks_may_submit_and_cancel_while_other_threads_submit(rc):
+    import threading
+    with rc.executor() as ex:
+        learned(ex, square, 2)
+        blocker = ex.submit(sleep_return, 0.3)
+        chained, stop = [], threading.Event()
+
+        def on_done(f):
+            chained.append(ex.submit(square, f.result()))
+            chained.append(ex.submit(square, 0))
+            chained[-1].cancel()
+
+        def submitter():
+            while not stop.is_set():
+                ex.submit(square, 3).add_done_callback(on_done)
+
+        threads = [threading.Thread(target=submitter) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive(), "a submitting thread hangs"
+        blocker.result(timeout=30)
+        wait_until(lambda: all(f.done() for f in list(chained)), timeout=30,
+                   msg="every chained call to end")
+        assert all(f.cancelled() or f.result() in (81, 0) for f in list(chained))

@@ -135,6 +135,18 @@ def test_least_loaded_counts_every_task_in_flight():
     assert placed(st.drain()) == [("e", 2)]
 
 
+def test_a_batch_of_calls_goes_only_to_an_engine_with_nothing_in_flight():
+    st = make_state(engines=2, lb_window=4)
+    st.submit_lb(lbtask("long"))           # -> engine 0
+    st.submit_lb(lbtask("b1", batch=1))    # -> engine 1, idle
+    st.submit_lb(lbtask("b2", batch=1))    # both busy: waits here (cancellable)
+    st.submit_lb(lbtask("plain"))          # a plain task may queue on an engine
+    assert placed(st.drain()) == [("long", 0), ("b1", 1), ("plain", 0)]
+    assert st.lb_counts()["unassigned"] == 1
+    _, out = ok(st, 1, "b1")
+    assert placed(out) == [("b2", 1)]
+
+
 def test_lb_window_of_one_sends_one_task_per_engine():
     st = make_state(engines=2, lb_window=1)
     for i in range(4):

@@ -17,38 +17,47 @@ then `submit` sends a task per call as before.
 
 A batched future cancels like any other: while its batch waits at the
 controller, the batch is withdrawn and its other calls sent again as a new
-one; once the batch runs, `cancel()` returns False.
+one; once the batch runs, `cancel()` returns False. The controller gives a
+batch only to an engine with nothing else in flight, so its calls never wait
+in a busy engine's queue, where they could no longer be cancelled.
+
+Threads: `submit` (any user thread) only pickles the call and appends it;
+batches are sent by the I/O thread (or `Executor.shutdown`). No lock of this
+module is held while a future completes, so user callbacks may submit and
+cancel freely.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import PENDING as _PENDING
 from concurrent.futures._base import RUNNING as _RUNNING
 
 from ..errors import error_from_content
-from ..wire.serialize import serialize_function
-from .asyncresult import _cancel_and_notify
+from ..wire.serialize import Serialized, serialize, serialize_function
+from .asyncresult import Waiting, _cancel_and_notify
 from .lbview import task_header
 
 QUICK = 0.002            # seconds per call: functions this quick are batched
 BATCH_SECONDS = 0.005    # a batch carries about this much work at most
 MAX_BATCH = 1000         # calls per batch at most
 _KNOWN = 256             # functions whose durations the client remembers
+_SENDING = object()      # BatchedFuture.batch while its batch is being sent
 
 
-class BatchedFuture(Future):
+class BatchedFuture(Waiting, Future):
     """The future of one call sent in a batch (see the module's text).
 
-    `batch` is the AsyncResult of the task that carries it (None until sent)
-    and `index` its place there.
+    `batch` is the AsyncResult of the task that carries it (its `stdout`,
+    `msg_ids`, timings), None until sent, and `index` its place there.
     """
 
-    def __init__(self, batcher: "SubmitBatcher", args: tuple, kwargs: dict):
+    def __init__(self, batcher: "SubmitBatcher", call: Serialized):
         super().__init__()
         self._batcher = batcher
-        self._call = (args, kwargs)
+        self._call = call
         self.batch = None
         self.index = 0
 
@@ -65,7 +74,7 @@ class BatchedFuture(Future):
         if Future.running(self):
             return True
         ar = self.batch
-        if ar is None or not ar.running():
+        if ar is None or ar is _SENDING or not ar.running():
             return False
         with self._condition:
             if self._state == _PENDING:
@@ -76,16 +85,30 @@ class BatchedFuture(Future):
         return f"<BatchedFuture {self._state.lower()} (call {self.index} of a batch)>"
 
 
+class _Batch:
+    """What the client knows of one sent batch."""
+
+    __slots__ = ("fn", "futs", "cancelling", "settled")
+
+    def __init__(self, fn, futs: list):
+        self.fn = fn
+        self.futs = futs
+        self.cancelling: set = set()  # calls whose cancel asked to withdraw the batch
+        self.settled = False          # withdrawn, its other calls sent again
+
+
 class SubmitBatcher:
     """Collects the quick calls of one executor into batches."""
 
     def __init__(self, view):
         self._view = view
         self._client = view.client
-        self._lock = threading.RLock()
+        self._cond = threading.Condition()  # guards everything below
         self._fn = None
-        self._open: list = []   # BatchedFutures not sent yet (all calls of `_fn`)
+        self._open: list = []    # BatchedFutures of the open batch (all calls of `_fn`)
         self._limit = 1
+        self._ready: list = []   # (fn, futures) of closed batches, to send in order
+        self._scheduled = False  # a flush is due on the I/O thread
 
     # --- deciding -----------------------------------------------------------------
     def wants(self, fn) -> bool:
@@ -108,96 +131,154 @@ class SubmitBatcher:
         per_call = (h["completed"] - h["started"]) / max(1, calls)
         try:
             old = times.pop(fn, None)  # re-inserted last: the dict's order is its age
-        except TypeError:  # unhashable
-            return
-        times[fn] = per_call if old is None else 0.7 * old + 0.3 * per_call
-        if len(times) > _KNOWN:
-            times.pop(next(iter(times)))
+            times[fn] = per_call if old is None else 0.7 * old + 0.3 * per_call
+            if len(times) > _KNOWN:
+                times.pop(next(iter(times)), None)
+        except (TypeError, RuntimeError):  # unhashable; another thread evicting meanwhile
+            pass
 
     # --- batching -----------------------------------------------------------------
     def add(self, fn, args: tuple, kwargs: dict) -> BatchedFuture:
-        fut = BatchedFuture(self, args, kwargs)
-        with self._lock:
+        """A future for ``fn(*args, **kwargs)`` in the open batch. The call is
+        pickled now, as an unbatched submit's would be: later changes to the
+        arguments do not travel, and what cannot be pickled raises here."""
+        fut = BatchedFuture(self, Serialized(serialize((args, kwargs))))
+        with self._cond:
             if self._open and fn is not self._fn:
-                self._send_open()
+                self._close_open()
             if not self._open:
                 self._fn = fn
                 per_call = max(self._client._call_times.get(fn, QUICK), 1e-6)
                 self._limit = max(1, min(MAX_BATCH, int(BATCH_SECONDS / per_call)))
-                self._client._call_soon(self.flush)
             self._open.append(fut)
             if len(self._open) >= self._limit:
-                self._send_open()
+                self._close_open()
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            self._client._call_soon(self.flush)
         return fut
 
-    def flush(self) -> None:
-        """Send the open batch (the client's I/O thread calls this when it next runs)."""
-        with self._lock:
-            if self._open:
-                self._send_open()
+    def _close_open(self) -> None:
+        self._ready.append((self._fn, self._open))
+        self._open = []
 
-    def _send_open(self) -> None:
-        futs, self._open = self._open, []
-        self._send(self._fn, futs)
+    def flush(self) -> None:
+        """Send every batch not sent yet (the I/O thread calls this when it next runs)."""
+        with self._cond:
+            self._scheduled = False
+            if self._open:
+                self._close_open()
+        while True:
+            with self._cond:
+                if not self._ready:
+                    return
+                fn, futs = self._ready.pop(0)
+            if futs:  # (its calls may all have been cancelled)
+                self._send(fn, futs)
 
     def _send(self, fn, futs: list) -> None:
-        calls = [f._call for f in futs]
-        header = dict(task_header(self._view.policy, None, (), ()), each=len(calls))
-        ar = self._client._submit_lb((serialize_function(fn), (calls, {})), header)
-        ar._batch = (fn, futs, set())  # set: calls whose cancel withdrew the batch
-        for i, f in enumerate(futs):
-            f.batch, f.index = ar, i
+        with self._cond:
+            for f in futs:
+                f.batch = _SENDING
+        header = dict(task_header(self._view.policy, None, (), ()), each=len(futs),
+                      pol={"batch": 1})  # (only default policies are batched)
+        try:
+            ar = self._client._submit_lb((serialize_function(fn), *[f._call for f in futs]),
+                                         header)
+        except Exception as e:  # a closed client, a function that no longer pickles
+            with self._cond:
+                for f in futs:
+                    f.batch = None
+                self._cond.notify_all()
+            _fail_each(futs, e)
+            return
+        ar._batch = _Batch(fn, futs)
+        with self._cond:
+            for i, f in enumerate(futs):
+                f.batch, f.index = ar, i
+            self._cond.notify_all()
         ar.add_done_callback(self._settle)
 
     def _settle(self, ar) -> None:
         """Resolve the batch's futures from its outcome."""
-        fn, futs, cancelling = ar._batch
-        if ar.cancelled():  # withdrawn for a cancel: the rest go again
-            rest = [f for f in futs if f not in cancelling and not f.done()]
-            for f in futs:
-                if f in cancelling:
-                    _cancel_and_notify(f)
+        batch = ar._batch
+        if ar.cancelled():  # withdrawn for a cancel: the other calls go again
+            with self._cond:
+                batch.settled = True
+                mine = [f for f in batch.futs if f in batch.cancelling]
+                rest = [f for f in batch.futs if f not in batch.cancelling and not f.done()]
+                for f in rest:
+                    f.batch = _SENDING
+            for f in mine:
+                _cancel_and_notify(f)
             if rest:
-                with self._lock:
-                    self._send(fn, rest)
+                self._send(batch.fn, rest)
             return
         error = ar.exception()
-        if error is None:
-            self.learn(fn, ar, len(futs))
-            outcomes = ar.result()
-            task_id, engine = ar.msg_ids[0], ar.targets[0]
-        for i, f in enumerate(futs):
+        if error is not None:
+            _fail_each(batch.futs, error)
+            return
+        self.learn(batch.fn, ar, len(batch.futs))
+        task_id, engine = ar.msg_ids[0], ar.targets[0]
+        for f, (ok, value) in zip(batch.futs, ar.result()):
             try:
-                if error is not None:
-                    f.set_exception(error)
-                elif outcomes[i][0]:
-                    f.set_result(outcomes[i][1])
+                if ok:
+                    f.set_result(value)
                 else:
-                    f.set_exception(error_from_content(outcomes[i][1], engine, task_id))
+                    f.set_exception(error_from_content(value, engine, task_id))
             except InvalidStateError:  # cancelled meanwhile
                 pass
 
     # --- cancelling ---------------------------------------------------------------
     def cancel(self, futs) -> list:
         """Cancel what can be of `futs` (BatchedFutures of this batcher); return those."""
-        done = []
-        by_batch: dict = {}
-        with self._lock:
-            for f in futs:
-                if f.done():
-                    if f.cancelled():
-                        done.append(f)
-                elif f in self._open:
-                    self._open.remove(f)
-                    _cancel_and_notify(f)
-                    done.append(f)
-                elif f.batch is not None:
-                    by_batch.setdefault(id(f.batch), (f.batch, []))[1].append(f)
-        for ar, mine in by_batch.values():
-            cancelling = ar._batch[2]
-            cancelling.update(mine)
-            if ar.cancel():  # it waited at the controller: withdrawn (see _settle)
-                done.extend(mine)
-            else:
-                cancelling.difference_update(mine)
-        return done
+        todo = [f for f in futs if not f.done()]
+        for _ in range(3):  # again for calls whose batch another cancel withdrew meanwhile
+            unsent, by_batch, again = [], {}, []
+            with self._cond:
+                for f in todo:
+                    while f.batch is _SENDING:
+                        self._cond.wait(1.0)
+                    if f.done():
+                        continue
+                    if self._take_unsent(f):
+                        unsent.append(f)
+                    elif f.batch is not None:
+                        batch = f.batch._batch
+                        if batch.settled:  # sent again in a new batch: look once more
+                            again.append(f)
+                            continue
+                        batch.cancelling.add(f)
+                        by_batch.setdefault(id(f.batch), (f.batch, []))[1].append(f)
+            for f in unsent:
+                _cancel_and_notify(f)
+            for ar, mine in by_batch.values():
+                if not ar.cancel():  # it runs (or ran): too late for these
+                    with self._cond:
+                        ar._batch.cancelling.difference_update(mine)
+            todo = again
+            if not todo:
+                break
+        return [f for f in futs if f.cancelled()]
+
+    def _take_unsent(self, f) -> bool:
+        """Remove `f` from the open or a closed batch not sent yet; True if it was there."""
+        for batch in [self._open] + [futs for _, futs in self._ready]:
+            if f in batch:
+                batch.remove(f)
+                return True
+        return False
+
+
+def _fail_each(futs, error: BaseException) -> None:
+    """`error` on each future (a copy each, so that tracebacks do not pile up on one)."""
+    for f in futs:
+        try:
+            e = copy.copy(error)
+        except Exception:
+            e = error
+        try:
+            f.set_exception(e)
+        except InvalidStateError:  # cancelled meanwhile
+            pass

@@ -530,6 +530,7 @@ class Client:
         self._closed = True
         self._thread.join(5.0)
         self._fail_all("the client was closed before the result arrived")
+        self._run_soon()  # deferred sends fail now ("this client is closed"), nothing hangs
         if not self._thread.is_alive():  # else leave the sockets to the exiting thread
             self._ctx.destroy(linger=200)
             os.close(self._wake_r)

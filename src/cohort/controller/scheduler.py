@@ -167,6 +167,8 @@ class LoadBalancing:
         pol = task.policy
         if pol.get("min_engines", 0) > n_engines:
             return None
+        if pol.get("batch"):  # many calls in one task: never queued behind another task
+            free = [e for e in free if not e.inflight]
         pin = pol.get("pin")
         if pin is not None:
             return next((e for e in free if e.id == pin), None)

@@ -341,23 +341,26 @@ class Engine:
         return f
 
     def _apply(self, msg):
-        f, (args, kwargs) = self._function_and_args(msg)
-        return _call(f, args, kwargs)
+        fn_frames, arg_frames = msg.object_frames()
+        args, kwargs = deserialize(arg_frames)
+        return _call(self._function(fn_frames), args, kwargs)
 
     def _apply_each(self, msg) -> list:
-        """A batch of calls of one function (quick `Executor.submit`s sent together):
-        each call's outcome on its own, ``(True, value)`` or ``(False, error content)``."""
-        f, (calls, _) = self._function_and_args(msg)
+        """A batch of calls of one function (quick `Executor.submit`s sent together;
+        the objects: the function, then each call's (args, kwargs)): each call's
+        outcome on its own, ``(True, value)`` or ``(False, error content)``."""
+        fn_frames, *calls = msg.object_frames()
+        f = self._function(fn_frames)
         out = []
-        for args, kwargs in calls:
+        for frames in calls:
             try:
+                args, kwargs = deserialize(frames)
                 out.append((True, _call(f, args, kwargs)))
             except Exception as e:  # that call's error; an interrupt stops the whole batch
                 out.append((False, self._error_content(e)))
         return out
 
-    def _function_and_args(self, msg):
-        fn_frames, arg_frames = msg.object_frames()
+    def _function(self, fn_frames):
         f = self._load_function(fn_frames)
         if isinstance(f, types.FunctionType) and (f.__module__ == "__main__"
                                                   or f.__module__ not in sys.modules):
@@ -368,7 +371,7 @@ class Engine:
             shipped = f
             f = types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
             f.__kwdefaults__ = shipped.__kwdefaults__
-        return f, deserialize(arg_frames)
+        return f
 
     def _pull(self, names):
         single = isinstance(names, str)
