@@ -16,6 +16,7 @@ import pytest
 import cohort
 from cohort.client.batching import BatchedFuture
 from conftest import wait_until
+from test_executor import sleep_return, touch_and_sleep  # shipped by value there too
 
 cloudpickle.register_pickle_by_value(__import__(__name__))
 
@@ -28,18 +29,6 @@ def odd_fails(x):
     if x % 2:
         raise ValueError(f"odd item {x}")
     return x
-
-
-def sleep_return(t, value=None):
-    time.sleep(t)
-    return value
-
-
-def touch_and_sleep(path, t):
-    with open(path, "w"):
-        pass
-    time.sleep(t)
-    return path
 
 
 def scaled(x):
