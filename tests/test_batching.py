@@ -38,7 +38,7 @@ def scaled(x):
 def learned(ex, fn, *args):
     """Run `fn` once alone, so that the client knows it is quick."""
     ex.submit(fn, *args).result(timeout=30)
-    assert ex._batcher._client._call_times[fn] < 0.002
+    assert ex._batcher._client._call_times.get(fn) < 0.002
 
 
 def batches(futs) -> set:
@@ -74,6 +74,26 @@ def test_each_call_of_a_batch_gets_its_own_error_with_its_traceback(rc):
             assert err.engine_id in rc.ids
         else:
             assert f.result() == i
+
+
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def scale(self, x):
+        return self.k * x
+
+
+def test_calls_of_a_method_are_batched_too(rc):
+    model = Scaler(3)
+    with rc.executor() as ex:
+        learned(ex, model.scale, 1)  # `model.scale` is a new object at each access
+        blocker = ex.submit(sleep_return, 0.3)
+        futs = [ex.submit(model.scale, i) for i in range(100)]
+        assert [f.result(timeout=30) for f in futs] == [3 * i for i in range(100)]
+        blocker.result(timeout=30)
+    assert all(isinstance(f, BatchedFuture) for f in futs)
+    assert len(batches(futs)) < 20
 
 
 def test_batched_calls_see_the_engines_namespace(rc):
@@ -235,3 +255,31 @@ def test_callbacks_may_submit_and_cancel_while_other_threads_submit(rc):
         wait_until(lambda: all(f.done() for f in list(chained)), timeout=30,
                    msg="every chained call to end")
         assert all(f.cancelled() or f.result() in (81, 0) for f in list(chained))
+
+
+def test_remembering_a_function_does_not_keep_what_it_closes_over():
+    import gc
+    import weakref
+
+    from cohort.client.batching import CallTimes
+
+    class Big:
+        pass
+
+    times, big = CallTimes(), Big()
+    fn = (lambda b: (lambda: b))(big)
+    times.learn(fn, 1e-5)
+    times.learn(len, 2e-5)           # a builtin: no weak reference, kept in a small dict
+
+    class Model:
+        def predict(self, x):
+            return x
+
+    times.learn(Model().predict, 3e-5)  # a method counts as its function, held weakly
+    assert times.get(fn) == 1e-5 and times.get(len) == 2e-5
+    assert times.get(Model().predict) == 3e-5
+    assert times.get({}.get) is None and times.get([]) is None  # unknown; unhashable
+    ref = weakref.ref(big)
+    del fn, big
+    gc.collect()
+    assert ref() is None

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import threading
+import types
+import weakref
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import PENDING as _PENDING
 from concurrent.futures._base import RUNNING as _RUNNING
@@ -43,7 +45,7 @@ from .lbview import task_header
 QUICK = 0.002            # seconds per call: functions this quick are batched
 BATCH_SECONDS = 0.005    # a batch carries about this much work at most
 MAX_BATCH = 1000         # calls per batch at most
-_KNOWN = 256             # functions whose durations the client remembers
+_KNOWN = 256             # callables without weak references whose durations are remembered
 _SENDING = object()      # BatchedFuture.batch while its batch is being sent
 
 
@@ -85,6 +87,56 @@ class BatchedFuture(Waiting, Future):
         return f"<BatchedFuture {self._state.lower()} (call {self.index} of a batch)>"
 
 
+class CallTimes:
+    """Seconds per call of the functions a client ran, learned from result timings.
+
+    Held weakly where a function allows it, so a closure over big data is not
+    kept alive by being remembered; other callables (builtins) in a small
+    dict. Unhashable callables are never remembered.
+    """
+
+    def __init__(self):
+        self._weak = weakref.WeakKeyDictionary()
+        self._strong: dict = {}
+
+    def get(self, fn):
+        fn = _code_of(fn)
+        try:
+            return self._weak.get(fn) if _weakrefable(fn) else self._strong.get(fn)
+        except TypeError:  # unhashable
+            return None
+
+    def learn(self, fn, per_call: float) -> None:
+        fn = _code_of(fn)
+        try:
+            table = self._weak if _weakrefable(fn) else self._strong
+            old = table.get(fn)
+            table[fn] = per_call if old is None else 0.7 * old + 0.3 * per_call
+            if len(self._strong) > _KNOWN:
+                self._strong.pop(next(iter(self._strong)), None)
+        except (TypeError, RuntimeError):  # unhashable; another thread evicting meanwhile
+            pass
+
+
+def _code_of(fn):
+    """A bound method (``obj.f``, a new object at each access) counts as its function."""
+    return fn.__func__ if isinstance(fn, types.MethodType) else fn
+
+
+def _same(fn, other) -> bool:
+    """The same callable: identical, or the same method of the same object."""
+    return fn is other or (isinstance(fn, types.MethodType) and isinstance(other, types.MethodType)
+                            and fn.__func__ is other.__func__ and fn.__self__ is other.__self__)
+
+
+def _weakrefable(fn) -> bool:
+    try:
+        weakref.ref(fn)
+    except TypeError:
+        return False
+    return True
+
+
 class _Batch:
     """What the client knows of one sent batch."""
 
@@ -116,10 +168,7 @@ class SubmitBatcher:
         view = self._view
         if view.after is not None or view.follow is not None or view.policy.wire():
             return False
-        try:
-            per_call = self._client._call_times.get(fn)
-        except TypeError:  # an unhashable callable: never batched
-            return False
+        per_call = self._client._call_times.get(fn)
         return per_call is not None and per_call < QUICK and bool(self._client._pending)
 
     def learn(self, fn, ar, calls: int = 1) -> None:
@@ -127,15 +176,7 @@ class SubmitBatcher:
         h = ar._headers[0] if ar._headers else None
         if not h or "started" not in h or "completed" not in h:
             return
-        times = self._client._call_times
-        per_call = (h["completed"] - h["started"]) / max(1, calls)
-        try:
-            old = times.pop(fn, None)  # re-inserted last: the dict's order is its age
-            times[fn] = per_call if old is None else 0.7 * old + 0.3 * per_call
-            if len(times) > _KNOWN:
-                times.pop(next(iter(times)), None)
-        except (TypeError, RuntimeError):  # unhashable; another thread evicting meanwhile
-            pass
+        self._client._call_times.learn(fn, (h["completed"] - h["started"]) / max(1, calls))
 
     # --- batching -----------------------------------------------------------------
     def add(self, fn, args: tuple, kwargs: dict) -> BatchedFuture:
@@ -144,11 +185,11 @@ class SubmitBatcher:
         arguments do not travel, and what cannot be pickled raises here."""
         fut = BatchedFuture(self, Serialized(serialize((args, kwargs))))
         with self._cond:
-            if self._open and fn is not self._fn:
+            if self._open and not _same(fn, self._fn):
                 self._close_open()
             if not self._open:
                 self._fn = fn
-                per_call = max(self._client._call_times.get(fn, QUICK), 1e-6)
+                per_call = max(self._client._call_times.get(fn) or QUICK, 1e-6)
                 self._limit = max(1, min(MAX_BATCH, int(BATCH_SECONDS / per_call)))
             self._open.append(fut)
             if len(self._open) >= self._limit:

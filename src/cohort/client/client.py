@@ -15,6 +15,7 @@ from ..liveness import HeartbeatWatch
 from ..profile import ConnectionInfo, resolve_connection_file
 from ..wire import Payload, Session, batch, drain, recv_frames, send_frames, shm
 from .asyncresult import AsyncResult
+from .batching import CallTimes
 from .lbview import LoadBalancedView
 from .view import DirectView
 
@@ -61,7 +62,7 @@ class Client:
         self._queue_lock = threading.Lock()  # guards _outq only, so submitting never waits for a send
         self._outq: list = []  # tasks to send in the I/O thread's next batch
         self._soon: list = []  # callables the I/O thread runs when it next wakes, before sending
-        self._call_times: dict = {}  # function -> seconds per call on engines (see batching)
+        self._call_times = CallTimes()  # seconds per call of functions run (see batching)
         self._wake_r, self._wake_w = os.pipe()  # tells the I/O thread there is something to send
         os.set_blocking(self._wake_r, False)
         self._pending_lock = threading.Lock()  # guards swapping the two dicts below
