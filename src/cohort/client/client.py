@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -55,6 +56,12 @@ class Client:
         self._recv_sock.rcvhwm = 0
         self.info.secure_client(self._recv_sock)
         self._recv_sock.connect(url)
+        # engines on this host answer direct tasks here, past the controller (engine/replies.py)
+        self._reply_sock = self._ctx.socket(zmq.PULL)
+        self._reply_sock.linger = 0
+        self._reply_sock.rcvhwm = 0
+        port = self._reply_sock.bind_to_random_port("tcp://127.0.0.1")
+        self._reply_to = {"rto": f"tcp://127.0.0.1:{port}", "rh": socket.gethostname()}
         self._watch = HeartbeatWatch(self._ctx, self.info.url("hb_ping"), controller_timeout,
                                      self.info)
         self.controller_timeout = controller_timeout
@@ -103,9 +110,10 @@ class Client:
 
     # --- I/O thread ---------------------------------------------------------
     def _io_loop(self) -> None:
-        sock, watch = self._recv_sock, self._watch
+        sock, watch, direct = self._recv_sock, self._watch, self._reply_sock
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(direct, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         next_watch = 0.0
         while not self._closed:
@@ -126,9 +134,9 @@ class Client:
                     if watch.restarted:
                         watch.restarted = False
                         self._resume()
-                if sock not in events:
-                    continue
-                received = list(drain(sock, 64))
+                received = list(drain(direct, 64)) if direct in events else []
+                if sock in events:
+                    received.extend(drain(sock, 64))
             except zmq.ZMQError:
                 return
             for frames in received:
@@ -313,7 +321,8 @@ class Client:
                 payload = shared.get(use_shm)
             mid = self.session.msg_id()
             frames_list.append(self.session.build(
-                kind, content, header={"id": mid, "target": eid, "rshm": self.shm}, payload=payload))
+                kind, content, header={"id": mid, "target": eid, "rshm": self.shm, **self._reply_to},
+                payload=payload))
             ids.append(mid)
         ar = AsyncResult(self, ids, targets, kind, single=single, reduce=reduce,
                          payloads=[p for p in shared.values() if p.shared])

@@ -28,7 +28,7 @@ import zmq
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
-from ..wire import Outbox, Session, drain, shm
+from ..wire import COPY, Outbox, Session, drain, shm
 from .records import TaskLog
 from .recovery import RestartRecovery
 from .requests import ClientRequests
@@ -339,15 +339,18 @@ class Controller(RestartRecovery, ClientRequests):
         if task.header is not None:  # its data in shared memory will never be read
             shm.discard(task.header)
 
-    def deliver(self, task: TaskRecord, msg) -> None:
-        """Record an engine's result and pass it on to whoever waits for it."""
+    def deliver(self, task: TaskRecord, msg, direct: bool = False) -> None:
+        """Record an engine's result and pass it on to whoever waits for it
+        (`direct`: the engine sent it to the task's client itself)."""
         self.records.finished(task, msg.header, msg.content, msg.frames)
         receivers = [c for c in self._receivers(task) if c in self.clients]
-        if "shm" in msg.header:  # its segments can be mapped once: one receiver only
+        if direct:  # only others who asked for it; shared memory is its client's to map
+            receivers = [] if "shm" in msg.header else [c for c in receivers if c != task.client]
+        elif "shm" in msg.header:  # its segments can be mapped once: one receiver only
             receivers = receivers[:1]
         for ident in receivers:
             self.to_client.put(ident, msg.frames)
-        if not receivers:  # the client left: nobody will map the result's segments
+        if not receivers and not direct:  # the client left: nobody will map its segments
             shm.discard(msg.header)
 
     def _receivers(self, task) -> list:
@@ -373,6 +376,8 @@ class Controller(RestartRecovery, ClientRequests):
     # --- engine messages ---------------------------------------------------
     def on_engine(self, msg) -> None:
         t = msg.header["t"]
+        # a copy: the engine sent it to its client itself (unless that client left since)
+        direct = msg.idents[-1] == COPY and msg.header.get("c", "").encode() in self.clients
         if t == "result":
             eid = msg.header.get("e")
             if eid not in self.state.engines:
@@ -392,15 +397,18 @@ class Controller(RestartRecovery, ClientRequests):
                 self.dispatch(n)
             self.act()
             if task is None:  # failed meanwhile (heartbeat, abort): nobody waits for it
-                shm.discard(msg.header)
+                if not direct:
+                    shm.discard(msg.header)
                 return
-            self.deliver(task, msg)
+            self.deliver(task, msg, direct)
         elif t == "stream":
             self.records.output(msg.header.get("parent"), msg.content.get("name"),
                                 msg.content.get("text", ""))
-            self.to_client.put(msg.header["c"].encode(), msg.frames)
+            if not direct:
+                self.to_client.put(msg.header["c"].encode(), msg.frames)
         elif t == "display_data":  # rich output (cohort.engine.display): to its client only
-            self.to_client.put(msg.header["c"].encode(), msg.frames)
+            if not direct:
+                self.to_client.put(msg.header["c"].encode(), msg.frames)
         elif t == "aborted":
             eid = msg.header.get("e")
             for mid in msg.content.get("ids", ()):

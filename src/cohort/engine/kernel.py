@@ -41,11 +41,12 @@ from ..liveness import HeartbeatWatch
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
 from .. import wire as wire_pkg
-from ..wire import Session, batch, deserialize, drain, send_frames, shm
+from ..wire import COPY, Session, batch, deserialize, drain, send_frames, shm
 from ..store.ref import Ref, resolve, store_value
 from ..wire.serialize import Serialized, serialize, stateless
 from . import display as display_mod
 from .capture import OutputCapture
+from .replies import DirectReplies
 
 log = logging.getLogger(__name__)
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -104,6 +105,7 @@ class Engine:
         url = info.url("engine")
         self.task_sock = self._dealer(self.uuid, url)
         self.out_sock = self._dealer(self.uuid + ".o", url)
+        self.replies = DirectReplies(self.ctx, socket.gethostname())
         self.ctl_sock = self._dealer(self.uuid + ".c", url)
         self.watch = HeartbeatWatch(self.ctx, info.url("hb_ping"), self.controller_timeout, info)
         # the control socket first, so the controller can reach it once we are registered
@@ -169,8 +171,22 @@ class Engine:
             f"{self.register_timeout:g} s: is it running, and is this the right connection file?")
 
     def send(self, msg_type: str, content=None, objects=(), header=None, shm_ok=False) -> None:
+        to = header.get("rto") if header else None  # its client waits for it directly
+        if to is not None:
+            task_header, header = header, {k: v for k, v in header.items() if k != "rto"}
         frames = self.session.build(msg_type, content, objects, header, shm_ok=shm_ok)
         with self._out_lock:
+            if to is not None:
+                if self.replies.send(to, frames):
+                    if self._held:  # results before it reach the controller first
+                        send_frames(self.out_sock, self._take_held())
+                    send_frames(self.out_sock, [COPY, *frames])  # to record, not to forward
+                    if msg_type == "result":
+                        self._recent.append(frames)
+                    return
+                # this and the task's later messages go the usual way (its header is the
+                # capture's parent, shared by them all): they cannot overtake earlier ones
+                task_header.pop("rto", None)
             if msg_type == "result":
                 if sum(memoryview(f).nbytes for f in frames) <= 1 << 20:
                     self._recent.append(frames)
@@ -266,7 +282,12 @@ class Engine:
                 return
             self.current = task_id
         client = hdr["s"]
-        self.capture.begin({"parent": task_id, "c": client, "e": self.id})
+        parent = {"parent": task_id, "c": client, "e": self.id}
+        if not self._inbox:  # the only work here: its client may get its output directly
+            to = self.replies.route(hdr)
+            if to is not None:
+                parent["rto"] = to
+        self.capture.begin(parent)
         started = time.time()
         content, objects = {"status": "ok"}, ()
         try:
@@ -293,8 +314,7 @@ class Engine:
             self._in_user = False
             content, objects = self._error_content(e), ()
         self.capture.end()
-        header = {"parent": task_id, "e": self.id, "c": client, "status": content["status"],
-                  "started": started, "completed": time.time()}
+        header = dict(parent, status=content["status"], started=started, completed=time.time())
         shm_ok = self.shm and hdr.get("rshm", False)
         try:
             self.send("result", content, objects, header, shm_ok=shm_ok)
@@ -503,6 +523,10 @@ class Engine:
         except Exception:
             pass
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        replies = getattr(self, "replies", None)
+        if replies is not None:
+            with self._out_lock:
+                replies.close()
         ctl = getattr(self, "_ctl", None)
         if ctl is not None:
             ctl.join(1.0)  # it polls every 0.5 s and sees the stop flag
