@@ -147,6 +147,16 @@ def test_a_batch_of_calls_goes_only_to_an_engine_with_nothing_in_flight():
     assert placed(out) == [("b2", 1)]
 
 
+def test_a_batch_that_waited_long_for_an_idle_engine_takes_a_busy_one(clock):
+    st = make_state(engines=1, lb_window=4)
+    st.submit_lb(lbtask("slow"))
+    st.submit_lb(lbtask("b", batch=1))
+    assert placed(st.drain()) == [("slow", 0)]
+    clock.advance(scheduler_mod.BATCH_WAIT + 0.01)
+    st.submit_lb(lbtask("next"))  # any event that schedules: the batch goes first, then it
+    assert placed(st.drain()) == [("b", 0), ("next", 0)]
+
+
 def test_lb_window_of_one_sends_one_task_per_engine():
     st = make_state(engines=2, lb_window=1)
     for i in range(4):

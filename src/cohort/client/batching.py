@@ -18,8 +18,9 @@ then `submit` sends a task per call as before.
 A batched future cancels like any other: while its batch waits at the
 controller, the batch is withdrawn and its other calls sent again as a new
 one; once the batch runs, `cancel()` returns False. The controller gives a
-batch only to an engine with nothing else in flight, so its calls never wait
-in a busy engine's queue, where they could no longer be cancelled.
+batch to an engine with nothing else in flight (for up to `BATCH_WAIT`
+seconds of waiting), so its calls do not wait in a busy engine's queue,
+where they could no longer be cancelled.
 
 Threads: `submit` (any user thread) only pickles the call and appends it;
 batches are sent by the I/O thread (or `Executor.shutdown`). No lock of this
@@ -37,7 +38,7 @@ from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import PENDING as _PENDING
 from concurrent.futures._base import RUNNING as _RUNNING
 
-from ..errors import error_from_content
+from ..errors import ControllerError, error_from_content
 from ..wire.serialize import Serialized, serialize, serialize_function
 from .asyncresult import Waiting, _cancel_and_notify
 from .lbview import task_header
@@ -129,6 +130,12 @@ def _same(fn, other) -> bool:
                             and fn.__func__ is other.__func__ and fn.__self__ is other.__self__)
 
 
+def _same_bytes(a: Serialized, b: Serialized) -> bool:
+    """Two pickled functions are the same bytes (a cached one is the same object)."""
+    return a is b or (len(a.frames) == len(b.frames)
+                      and all(bytes(x) == bytes(y) for x, y in zip(a.frames, b.frames)))
+
+
 def _weakrefable(fn) -> bool:
     try:
         weakref.ref(fn)
@@ -140,10 +147,11 @@ def _weakrefable(fn) -> bool:
 class _Batch:
     """What the client knows of one sent batch."""
 
-    __slots__ = ("fn", "futs", "cancelling", "settled")
+    __slots__ = ("fn", "shipped", "futs", "cancelling", "settled")
 
-    def __init__(self, fn, futs: list):
+    def __init__(self, fn, shipped, futs: list):
         self.fn = fn
+        self.shipped = shipped  # the function as pickled when its calls were submitted
         self.futs = futs
         self.cancelling: set = set()  # calls whose cancel asked to withdraw the batch
         self.settled = False          # withdrawn, its other calls sent again
@@ -157,9 +165,10 @@ class SubmitBatcher:
         self._client = view.client
         self._cond = threading.Condition()  # guards everything below
         self._fn = None
+        self._shipped = None     # `_fn` pickled when the open batch's first call was submitted
         self._open: list = []    # BatchedFutures of the open batch (all calls of `_fn`)
         self._limit = 1
-        self._ready: list = []   # (fn, futures) of closed batches, to send in order
+        self._ready: list = []   # (fn, shipped, futures) of closed batches, to send in order
         self._scheduled = False  # a flush is due on the I/O thread
 
     # --- deciding -----------------------------------------------------------------
@@ -183,12 +192,15 @@ class SubmitBatcher:
         """A future for ``fn(*args, **kwargs)`` in the open batch. The call is
         pickled now, as an unbatched submit's would be: later changes to the
         arguments do not travel, and what cannot be pickled raises here."""
+        if self._client._closed:
+            raise ControllerError("this client is closed")
+        shipped = serialize_function(fn)  # as it is now, like an unbatched submit's
         fut = BatchedFuture(self, Serialized(serialize((args, kwargs))))
         with self._cond:
-            if self._open and not _same(fn, self._fn):
+            if self._open and not (_same(fn, self._fn) and _same_bytes(shipped, self._shipped)):
                 self._close_open()
             if not self._open:
-                self._fn = fn
+                self._fn, self._shipped = fn, shipped
                 per_call = max(self._client._call_times.get(fn) or QUICK, 1e-6)
                 self._limit = max(1, min(MAX_BATCH, int(BATCH_SECONDS / per_call)))
             self._open.append(fut)
@@ -197,11 +209,19 @@ class SubmitBatcher:
             schedule = not self._scheduled
             self._scheduled = True
         if schedule:
-            self._client._call_soon(self.flush)
+            try:
+                self._client._call_soon(self.flush)
+            except Exception as e:  # closed meanwhile: nothing unsent will ever leave
+                with self._cond:
+                    self._take_unsent(fut)
+                    unsent = self._open + [f for _, _, futs in self._ready for f in futs]
+                    self._open, self._ready, self._scheduled = [], [], False
+                _fail_each(unsent, e)
+                raise
         return fut
 
     def _close_open(self) -> None:
-        self._ready.append((self._fn, self._open))
+        self._ready.append((self._fn, self._shipped, self._open))
         self._open = []
 
     def flush(self) -> None:
@@ -214,31 +234,32 @@ class SubmitBatcher:
             with self._cond:
                 if not self._ready:
                     return
-                fn, futs = self._ready.pop(0)
+                fn, shipped, futs = self._ready.pop(0)
+                for f in futs:
+                    f.batch = _SENDING
             if futs:  # (its calls may all have been cancelled)
-                self._send(fn, futs)
+                self._send(fn, shipped, futs)
 
-    def _send(self, fn, futs: list) -> None:
-        with self._cond:
-            for f in futs:
-                f.batch = _SENDING
+    def _send(self, fn, shipped, futs: list) -> None:
+        """Send `futs` (marked `_SENDING` by the caller, under the lock) as one task."""
         header = dict(task_header(self._view.policy, None, (), ()), each=len(futs),
                       pol={"batch": 1})  # (only default policies are batched)
+        ar = error = None
         try:
-            ar = self._client._submit_lb((serialize_function(fn), *[f._call for f in futs]),
-                                         header)
-        except Exception as e:  # a closed client, a function that no longer pickles
+            ar = self._client._submit_lb((shipped, *[f._call for f in futs]), header)
+            ar._batch = _Batch(fn, shipped, futs)
+        except BaseException as e:  # a closed client; an interrupt: nothing may stay _SENDING
+            error = e
+        finally:
             with self._cond:
-                for f in futs:
-                    f.batch = None
+                for i, f in enumerate(futs):
+                    f.batch, f.index = ar, i
                 self._cond.notify_all()
-            _fail_each(futs, e)
+        if error is not None:
+            _fail_each(futs, error)
+            if not isinstance(error, Exception):
+                raise error
             return
-        ar._batch = _Batch(fn, futs)
-        with self._cond:
-            for i, f in enumerate(futs):
-                f.batch, f.index = ar, i
-            self._cond.notify_all()
         ar.add_done_callback(self._settle)
 
     def _settle(self, ar) -> None:
@@ -251,10 +272,10 @@ class SubmitBatcher:
                 rest = [f for f in batch.futs if f not in batch.cancelling and not f.done()]
                 for f in rest:
                     f.batch = _SENDING
+            if rest:  # first: a callback of a cancelled call may cancel one of these
+                self._send(batch.fn, batch.shipped, rest)
             for f in mine:
                 _cancel_and_notify(f)
-            if rest:
-                self._send(batch.fn, rest)
             return
         error = ar.exception()
         if error is not None:
@@ -295,9 +316,13 @@ class SubmitBatcher:
             for f in unsent:
                 _cancel_and_notify(f)
             for ar, mine in by_batch.values():
-                if not ar.cancel():  # it runs (or ran): too late for these
-                    with self._cond:
-                        ar._batch.cancelling.difference_update(mine)
+                withdrawn = False
+                try:
+                    withdrawn = ar.cancel()
+                finally:
+                    if not withdrawn:  # it runs (or ran), or no answer: not these
+                        with self._cond:
+                            ar._batch.cancelling.difference_update(mine)
             todo = again
             if not todo:
                 break
@@ -305,7 +330,7 @@ class SubmitBatcher:
 
     def _take_unsent(self, f) -> bool:
         """Remove `f` from the open or a closed batch not sent yet; True if it was there."""
-        for batch in [self._open] + [futs for _, futs in self._ready]:
+        for batch in [self._open] + [futs for _, _, futs in self._ready]:
             if f in batch:
                 batch.remove(f)
                 return True

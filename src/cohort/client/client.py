@@ -62,6 +62,8 @@ class Client:
         self._reply_sock.rcvhwm = 0
         port = self._reply_sock.bind_to_random_port("tcp://127.0.0.1")
         self._reply_to = {"rto": f"tcp://127.0.0.1:{port}", "rh": socket.gethostname()}
+        if self.info.curve:  # an encrypted cluster: all its traffic stays encrypted
+            self._reply_to = {}
         self._watch = HeartbeatWatch(self._ctx, self.info.url("hb_ping"), controller_timeout,
                                      self.info)
         self.controller_timeout = controller_timeout
@@ -145,6 +147,8 @@ class Client:
     def _call_soon(self, callback) -> None:
         """Run `callback` on the I/O thread when it next wakes, before it sends."""
         with self._queue_lock:
+            if self._closed:
+                raise ControllerError("this client is closed")
             first = not self._soon
             self._soon.append(callback)
         if first:
@@ -331,8 +335,19 @@ class Client:
             for i, mid in enumerate(ids):
                 self._pending[mid] = (ar, i)
         if frames_list:
-            self._send(*frames_list)
+            try:
+                self._send(*frames_list)
+            except Exception:
+                self._unpend(ids)
+                raise
         return ar
+
+    def _unpend(self, ids) -> None:
+        """Tasks that were never sent: nothing will answer them."""
+        with self._pending_lock:
+            for mid in ids:
+                self._pending.pop(mid, None)
+                self._resend.pop(mid, None)
 
     def _submit_lb(self, objects, header: dict) -> AsyncResult:
         """Send one load-balanced task; the controller picks its engine."""
@@ -345,7 +360,11 @@ class Client:
             busy = bool(self._pending)
             self._pending[mid] = (ar, 0)
             self._resend[mid] = frames
-        self._send(frames, batchable=busy)
+        try:
+            self._send(frames, batchable=busy)
+        except Exception:
+            self._unpend([mid])
+            raise
         return ar
 
     def _shm_with(self, eid) -> bool:
@@ -448,12 +467,21 @@ class Client:
     def abort(self, jobs=None, targets=None) -> int:
         """Drop this client's tasks that have not started yet; their results raise TaskAborted.
 
-        `jobs`: AsyncResults or task ids (default: all of this client's tasks on `targets`).
+        `jobs`: AsyncResults, executor futures or task ids (default: all of this
+        client's tasks on `targets`). A call an executor sent in a batch is
+        aborted with the other calls of its batch.
         """
+        self._run_soon()  # calls waiting to be sent in a batch go first: the abort finds them
         ids = None
         if jobs is not None:
             ids = []
             for j in jobs if isinstance(jobs, (list, tuple, set)) else [jobs]:
+                batch = getattr(j, "batch", None)  # a BatchedFuture: its batch, all its calls
+                if isinstance(batch, AsyncResult):
+                    j = batch
+                elif hasattr(j, "batch"):  # not sent yet: it is cancelled instead
+                    j.cancel()
+                    continue
                 ids.extend(j.msg_ids if isinstance(j, AsyncResult) else [j])
         reply = self._request("abort", {"ids": ids, "targets": self._target_list(targets)})
         return reply["aborted"] + reply["asked"]
@@ -537,7 +565,8 @@ class Client:
             self._send(self.session.build("disconnect", {}))
         except Exception:
             pass
-        self._closed = True
+        with self._queue_lock:  # no deferred send is queued after the last run below
+            self._closed = True
         self._thread.join(5.0)
         self._fail_all("the client was closed before the result arrived")
         self._run_soon()  # deferred sends fail now ("this client is closed"), nothing hangs

@@ -29,6 +29,7 @@ OUTCOMES_KEPT = 10_000   # finished tasks remembered here for after=/follow= (ol
 PIPELINE = 0.002         # seconds of work kept in flight per engine for short tasks...
 MAX_WINDOW = 64          # ...but never more tasks than this
 SCAN_DEPTH = 64          # queued tasks looked at per client for one that fits a free engine
+BATCH_WAIT = 0.5         # seconds a batch of calls waits for an engine with nothing in flight
 
 
 class Actions:
@@ -167,7 +168,9 @@ class LoadBalancing:
         pol = task.policy
         if pol.get("min_engines", 0) > n_engines:
             return None
-        if pol.get("batch"):  # many calls in one task: never queued behind another task
+        if pol.get("batch") and time.monotonic() - task.queued_at < BATCH_WAIT:
+            # many calls in one task: not queued behind another task (where they could no
+            # longer be cancelled) while it has not waited long for an idle engine
             free = [e for e in free if not e.inflight]
         pin = pol.get("pin")
         if pin is not None:

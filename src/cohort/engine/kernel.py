@@ -317,7 +317,14 @@ class Engine:
         header = dict(parent, status=content["status"], started=started, completed=time.time())
         shm_ok = self.shm and hdr.get("rshm", False)
         try:
-            self.send("result", content, objects, header, shm_ok=shm_ok)
+            try:
+                self.send("result", content, objects, header, shm_ok=shm_ok)
+            except Exception:
+                if not (objects and hdr.get("each")):
+                    raise
+                # one call's value would not pickle: that call fails, not its whole batch
+                self.send("result", content, (self._each_sendable(objects[0]),), header,
+                          shm_ok=shm_ok)
         except Exception as e:  # the result would not serialize
             err = self._error_content(e)
             err["evalue"] = f"the result could not be sent back: {err['evalue']}"
@@ -376,8 +383,22 @@ class Engine:
             try:
                 args, kwargs = deserialize(frames)
                 out.append((True, _call(f, args, kwargs)))
-            except Exception as e:  # that call's error; an interrupt stops the whole batch
+            except (Exception, SystemExit) as e:  # that call's error; an interrupt stops them all
                 out.append((False, self._error_content(e)))
+        return out
+
+    def _each_sendable(self, outcomes: list) -> list:
+        """A batch's outcomes whose values that would not pickle are each that call's error."""
+        out = []
+        for ok, value in outcomes:
+            if ok:
+                try:
+                    serialize(value)
+                except Exception as e:
+                    err = self._error_content(e)
+                    err["evalue"] = f"the result could not be sent back: {err['evalue']}"
+                    ok, value = False, err
+            out.append((ok, value))
         return out
 
     def _function(self, fn_frames):
