@@ -118,13 +118,19 @@ def occupy_engines(ex, t):
     return [ex.submit(sleep_return, t, i) for i in range(6)]
 
 
+def queued_batch(ex, learn_with: int):
+    """(blockers, ten calls of `square` sent as a batch that waits at the controller)."""
+    learned(ex, square, learn_with)
+    blockers = occupy_engines(ex, 1.5)
+    futs = [ex.submit(square, i) for i in range(10)]
+    ex._batcher.flush()
+    assert all(isinstance(f, BatchedFuture) and f.batch is not None for f in futs)
+    return blockers, futs
+
+
 def test_cancelling_a_queued_batched_call_sends_the_rest_again(rc):
     with rc.executor() as ex:
-        learned(ex, square, 2)
-        blockers = occupy_engines(ex, 1.5)
-        futs = [ex.submit(square, i) for i in range(10)]
-        ex._batcher.flush()
-        assert all(f.batch is not None for f in futs)
+        blockers, futs = queued_batch(ex, 2)
         assert futs[3].cancel() is True
         assert futs[3].cancelled() and futs[3].done()
         with pytest.raises(cf.CancelledError):
@@ -354,10 +360,7 @@ def test_abort_reaches_calls_still_waiting_to_be_sent(rc):
 def test_a_callback_of_a_cancelled_call_may_cancel_its_sibling(rc):
     import threading
     with rc.executor() as ex:
-        learned(ex, square, 4)
-        blockers = occupy_engines(ex, 1.5)
-        futs = [ex.submit(square, i) for i in range(10)]
-        ex._batcher.flush()
+        blockers, futs = queued_batch(ex, 4)
         futs[3].add_done_callback(lambda f: futs[5].cancel())
         th = threading.Thread(target=futs[3].cancel, daemon=True)
         th.start()
