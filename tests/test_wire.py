@@ -539,3 +539,26 @@ def test_error_from_content_mapping():
     assert type(e) is RemoteError
     assert (e.engine_id, e.ename, e.evalue, e.traceback, e.task_id) == (1, "KeyError", "'a'", "tb", "t")
     assert isinstance(ControllerError("x"), cohort.CohortError)
+
+
+def test_weak_id_map_keeps_nothing_alive_and_survives_id_reuse():
+    import gc
+
+    from cohort.wire.weakmap import WeakIdMap
+
+    class Thing:
+        pass
+
+    m = WeakIdMap()
+    a, b = Thing(), Thing()
+    m[a] = 1
+    m[b] = 2
+    assert m.get(a) == 1 and m.get(b) == 2 and m.get(Thing(), "none") == "none"
+    m[a] = 3  # replaced: the old entry's death notice must not remove the new one
+    gc.collect()
+    assert m.get(a) == 3 and len(m) == 2
+    del a
+    gc.collect()
+    assert len(m) == 1
+    for _ in range(1000):  # new objects, some at the dead one's address: never its value
+        assert m.get(Thing()) is None

@@ -40,6 +40,7 @@ from concurrent.futures._base import RUNNING as _RUNNING
 
 from ..errors import ControllerError, error_from_content
 from ..wire.serialize import Serialized, serialize, serialize_function
+from ..wire.weakmap import WeakIdMap
 from .asyncresult import Waiting, _cancel_and_notify
 from .lbview import task_header
 
@@ -97,15 +98,18 @@ class CallTimes:
     """
 
     def __init__(self):
-        self._weak = weakref.WeakKeyDictionary()
+        self._weak = WeakIdMap()
         self._strong: dict = {}
 
     def get(self, fn):
         fn = _code_of(fn)
-        try:
-            return self._weak.get(fn) if _weakrefable(fn) else self._strong.get(fn)
-        except TypeError:  # unhashable
-            return None
+        per_call = self._weak.get(fn)  # by identity: no hashing, nothing made
+        if per_call is None and self._strong:
+            try:
+                per_call = self._strong.get(fn)
+            except TypeError:  # unhashable
+                pass
+        return per_call
 
     def learn(self, fn, per_call: float) -> None:
         fn = _code_of(fn)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import io
 import pickle
 import types
-import weakref
 from collections import ChainMap
 
 import cloudpickle
+
+from .weakmap import WeakIdMap
 
 #: buffers smaller than this stay inside the pickle stream (a frame costs more)
 OOB_THRESHOLD = 64 * 1024
@@ -101,7 +102,7 @@ class Serialized:
 # of those names is rebound, so its bytes are kept with the objects they were
 # made from (held, so their ids cannot be reused) and checked by identity.
 
-_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_cache = WeakIdMap()  # function -> (fingerprint, Serialized)
 _SCALARS = (int, float, complex, str, bytes, bool, type(None), types.ModuleType,
             types.BuiltinFunctionType)
 
@@ -125,7 +126,7 @@ def _names(code: types.CodeType, out: set) -> set:
 
 
 _MISSING = object()
-_code_names: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_code_names = WeakIdMap()  # code object -> the global names it uses
 
 
 def _referenced(f: types.FunctionType) -> list:
