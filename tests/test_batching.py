@@ -51,12 +51,12 @@ def batches(futs) -> set:
 def test_a_burst_of_quick_calls_travels_in_batches_with_every_result_right(rc):
     with rc.executor() as ex:
         learned(ex, square, 3)
-        blocker = ex.submit(sleep_return, 0.5, "blocker")  # tasks are out: batching is on
+        blocker = ex.submit(sleep_return, 2.0, "blocker")  # tasks are out: batching is on
         futs = [ex.submit(square, i) for i in range(2000)]
         assert [f.result(timeout=60) for f in futs] == [i * i for i in range(2000)]
         assert blocker.result(timeout=30) == "blocker"
     assert all(isinstance(f, BatchedFuture) for f in futs)
-    assert 1 < len(batches(futs)) < 200
+    assert 1 < len(batches(futs)) <= 1000  # two calls a task at least (usually dozens)
     assert all(f.done() and not f.running() for f in futs)
 
 

@@ -173,12 +173,7 @@ class AsyncResult(Waiting, Future):
             return False
         if Future.running(self):
             return True
-        if not self._client._started(self.msg_ids):
-            return False
-        with self._condition:  # unless it finished or was cancelled meanwhile
-            if self._state == _PENDING:
-                self._state = _RUNNING
-            return self._state == _RUNNING
+        return self._client._started(self.msg_ids) and _mark_running(self)
 
     def get_dict(self, timeout: float | None = None) -> dict:
         """{engine id: value} (waits like `get`)."""
@@ -286,6 +281,15 @@ class AsyncResult(Waiting, Future):
     def _repr_html_(self) -> str:
         from .reprs import async_result_html
         return async_result_html(self)
+
+
+def _mark_running(fut: Future) -> bool:
+    """Its task was seen on an engine: RUNNING from now on, unless it finished or
+    was cancelled meanwhile (then False)."""
+    with fut._condition:
+        if fut._state == _PENDING:
+            fut._state = _RUNNING
+        return fut._state == _RUNNING
 
 
 def _cancel_and_notify(fut: Future) -> bool:

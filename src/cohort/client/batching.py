@@ -4,7 +4,7 @@
 millisecond per call, made while earlier tasks are still out, does not
 become a task of its own: it joins the client's open *batch* for that
 function. The client's I/O thread sends the open batch as one load-balanced
-task when it next runs (or at once when the batch is full); the engine runs
+task when it next runs (a full batch is closed and waits for it); the engine runs
 each call on its own and returns each outcome, value or error with its
 remote traceback, so every future resolves exactly as if its call had been
 sent alone. A burst of tiny tasks so costs one message per batch instead of
@@ -35,13 +35,11 @@ import threading
 import types
 import weakref
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures._base import PENDING as _PENDING
-from concurrent.futures._base import RUNNING as _RUNNING
 
 from ..errors import ControllerError, error_from_content
 from ..wire.serialize import Serialized, serialize, serialize_function
 from ..wire.weakmap import WeakIdMap
-from .asyncresult import Waiting, _cancel_and_notify
+from .asyncresult import Waiting, _cancel_and_notify, _mark_running
 from .lbview import task_header
 
 QUICK = 0.002            # seconds per call: functions this quick are batched
@@ -78,12 +76,7 @@ class BatchedFuture(Waiting, Future):
         if Future.running(self):
             return True
         ar = self.batch
-        if ar is None or ar is _SENDING or not ar.running():
-            return False
-        with self._condition:
-            if self._state == _PENDING:
-                self._state = _RUNNING
-            return self._state == _RUNNING
+        return ar is not None and ar is not _SENDING and ar.running() and _mark_running(self)
 
     def __repr__(self) -> str:
         return f"<BatchedFuture {self._state.lower()} (call {self.index} of a batch)>"

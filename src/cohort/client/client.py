@@ -16,7 +16,7 @@ from ..liveness import HeartbeatWatch
 from ..profile import ConnectionInfo, resolve_connection_file
 from ..wire import Payload, Session, batch, drain, recv_frames, send_frames, shm
 from .asyncresult import AsyncResult
-from .batching import CallTimes
+from .batching import BatchedFuture, CallTimes
 from .lbview import LoadBalancedView
 from .view import DirectView
 
@@ -343,7 +343,7 @@ class Client:
         return ar
 
     def _unpend(self, ids) -> None:
-        """Tasks that were never sent: nothing will answer them."""
+        """Tasks that were never sent, or withdrawn: nothing will answer them."""
         with self._pending_lock:
             for mid in ids:
                 self._pending.pop(mid, None)
@@ -476,12 +476,11 @@ class Client:
         if jobs is not None:
             ids = []
             for j in jobs if isinstance(jobs, (list, tuple, set)) else [jobs]:
-                batch = getattr(j, "batch", None)  # a BatchedFuture: its batch, all its calls
-                if isinstance(batch, AsyncResult):
-                    j = batch
-                elif hasattr(j, "batch"):  # not sent yet: it is cancelled instead
-                    j.cancel()
-                    continue
+                if isinstance(j, BatchedFuture):  # its batch, all its calls
+                    if not isinstance(j.batch, AsyncResult):  # not sent yet: cancelled instead
+                        j.cancel()
+                        continue
+                    j = j.batch
                 ids.extend(j.msg_ids if isinstance(j, AsyncResult) else [j])
         reply = self._request("abort", {"ids": ids, "targets": self._target_list(targets)})
         return reply["aborted"] + reply["asked"]
@@ -490,9 +489,7 @@ class Client:
         """Drop these tasks if all still wait at the controller; True if so."""
         if not self._request("cancel", {"ids": list(msg_ids)})["cancelled"]:
             return False
-        for mid in msg_ids:
-            self._pending.pop(mid, None)
-            self._resend.pop(mid, None)
+        self._unpend(msg_ids)
         return True
 
     def _started(self, msg_ids) -> bool:

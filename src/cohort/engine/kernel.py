@@ -284,7 +284,8 @@ class Engine:
         client = hdr["s"]
         parent = {"parent": task_id, "c": client, "e": self.id}
         if not self._inbox:  # the only work here: its client may get its output directly
-            to = self.replies.route(hdr)
+            with self._out_lock:
+                to = self.replies.route(hdr)
             if to is not None:
                 parent["rto"] = to
         self.capture.begin(parent)

@@ -13,12 +13,9 @@ usual way through the controller.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 
 import zmq
-
-log = logging.getLogger(__name__)
 
 DIRECT_MAX = 1 << 20   # bytes a message may carry to go straight to its client
 MAX_CLIENTS = 64       # reply sockets kept open (the least recently used are closed)
@@ -26,7 +23,8 @@ _LOOPBACK = "tcp://127.0.0.1:"
 
 
 class DirectReplies:
-    """This engine's sockets to the clients it answers directly."""
+    """This engine's sockets to the clients it answers directly (callers hold one lock
+    around every method: the sockets are shared by the threads that send output)."""
 
     def __init__(self, ctx: zmq.Context, hostname: str):
         self.ctx = ctx
