@@ -14,9 +14,10 @@ import zmq
 from ..errors import ControllerError, TimeoutError
 from ..liveness import HeartbeatWatch
 from ..profile import ConnectionInfo, resolve_connection_file
-from ..wire import Payload, Session, batch, drain, recv_frames, send_frames, shm
+from ..wire import COPY, Payload, Session, batch, drain, recv_frames, send_frames, shm
 from .asyncresult import AsyncResult
 from .batching import BatchedFuture, CallTimes
+from .direct import DirectTasks
 from .lbview import LoadBalancedView
 from .view import DirectView
 
@@ -64,6 +65,8 @@ class Client:
         self._reply_to = {"rto": f"tcp://127.0.0.1:{port}", "rh": socket.gethostname()}
         if self.info.curve:  # an encrypted cluster: all its traffic stays encrypted
             self._reply_to = {}
+        # ... and tasks for them go there straight (client/direct.py)
+        self._direct = DirectTasks(socket.gethostname(), enabled=not self.info.curve)
         self._watch = HeartbeatWatch(self._ctx, self.info.url("hb_ping"), controller_timeout,
                                      self.info)
         self.controller_timeout = controller_timeout
@@ -105,6 +108,7 @@ class Client:
                 if msg.header["t"] == "reply":
                     for e in msg.content["engines"]:
                         self._engines[e["id"]] = e
+                        self._direct.open(e)
                     self._watch.know(msg.content.get("instance"))
                     for later in msgs[i + 1:]:  # batched with the reply (an engine that
                         self._handle(later)     # joined just after it): not to be lost
@@ -118,9 +122,12 @@ class Client:
         poller.register(direct, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         next_watch = 0.0
+        engines: set = set()  # local sockets to engines (client/direct.py) being polled
         while not self._closed:
             try:
-                events = dict(poller.poll(100))
+                if self._direct.changed:
+                    engines = self._direct.repoll(poller, engines)
+                events = dict(poller.poll(20 if self._direct.has_copies() else 100))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
                 if self._soon:
@@ -137,12 +144,23 @@ class Client:
                         watch.restarted = False
                         self._resume()
                 received = list(drain(direct, 64)) if direct in events else []
+                for fd in engines.intersection(events):
+                    messages, alive = self._direct.receive(fd)
+                    received.extend(messages)
+                    if not alive:  # the engine is gone: its tasks take the usual way
+                        with self._send_lock:
+                            self._direct.close(self._direct.fds.get(fd))
                 if sock in events:
                     received.extend(drain(sock, 64))
             except zmq.ZMQError:
                 return
             for frames in received:
                 self._handle_all(frames)
+            if self._direct.has_copies():  # of tasks still out after a while
+                with self._send_lock:
+                    copies = self._direct.due_copies(time.monotonic())
+                    if copies:
+                        self._send_copies(copies)
 
     def _call_soon(self, callback) -> None:
         """Run `callback` on the I/O thread when it next wakes, before it sends."""
@@ -205,6 +223,7 @@ class Client:
         t = hdr["t"]
         if t == "result":
             self._resend.pop(hdr["parent"], None)
+            self._direct.answered(hdr["parent"])
             entry = self._pending.pop(hdr["parent"], None)
             if entry is None:  # aborted or failed meanwhile: release what it carried
                 shm.discard(hdr)
@@ -244,11 +263,18 @@ class Client:
                 with self._engines_changed:
                     self._engines = {e["id"]: e for e in msg.content["engines"]}
                     self._engines_changed.notify_all()
+                with self._send_lock:
+                    for e in msg.content["engines"]:
+                        self._direct.open(e)
         elif t == "engine_joined":
             with self._engines_changed:
                 self._engines[msg.content["id"]] = msg.content
                 self._engines_changed.notify_all()
+            with self._send_lock:
+                self._direct.open(msg.content)
         elif t == "engine_left":
+            with self._send_lock:
+                self._direct.close(msg.content["id"])
             with self._engines_changed:
                 self._engines.pop(msg.content["id"], None)
                 if len(self.departed) >= 1000:
@@ -270,6 +296,7 @@ class Client:
             pending, self._pending = self._pending, {}
             requests, self._requests = self._requests, {}
             self._resend = {}
+            self._direct.forget()
         for ar, i in pending.values():
             ar._deliver(i, {"status": "error"}, {"ename": "ControllerError", "evalue": why}, ())
         for fut in requests.values():
@@ -306,17 +333,50 @@ class Client:
     def _flush(self, messages=()) -> None:
         """Send what is queued, then `messages`, as one batch."""
         with self._send_lock:
-            with self._queue_lock:
-                queued, self._outq = self._outq, []
-            queued.extend(messages)
-            if queued:
-                send_frames(self._send_sock, batch(queued))
+            self._flush_locked(messages)
+
+    def _flush_locked(self, messages) -> None:
+        copies = self._direct.due_copies()  # first: what the controller answers must know them
+        if copies:
+            self._send_copies(copies)
+        with self._queue_lock:
+            queued, self._outq = self._outq, []
+        queued.extend(messages)
+        if queued:
+            send_frames(self._send_sock, batch(queued))
+
+    def _send_tasks(self, kind: str, content, tasks: list) -> None:
+        """Send (engine id, header, payload) tasks: each straight to its engine when
+        it is on this host, with a copy to the controller (client/direct.py), the
+        rest through the controller."""
+        if self._closed:
+            raise ControllerError("this client is closed")
+        with self._send_lock:
+            routed = []
+            for eid, header, payload in tasks:
+                straight, fields = self._direct.plan(eid)
+                header.update(fields)
+                frames = self.session.build(kind, content, header=header, payload=payload)
+                if straight and self._direct.send(eid, header["id"], frames):
+                    continue
+                if straight:  # too large, or no room there now: after those that went
+                    del header["dq"]
+                    header.update(self._direct.behind(eid))
+                    frames = self.session.build(kind, content, header=header, payload=payload)
+                self._direct.routed(eid, header["id"])
+                routed.append(frames)
+            if routed:
+                self._flush_locked(routed)
+
+    def _send_copies(self, copies: list) -> None:
+        """The controller's copies of tasks sent straight to engines (send lock held)."""
+        send_frames(self._send_sock, [COPY, *batch(copies)])
 
     def _submit(self, kind: str, targets: list, content=None, objects=(), single=False,
                 reduce=None, per_target=None) -> AsyncResult:
         """Send one task per target engine; return their joint AsyncResult."""
         shared = self._shared_payloads(objects, targets) if per_target is None and objects else {}
-        frames_list, ids = [], []
+        tasks, ids = [], []
         for eid in targets:
             use_shm = self._shm_with(eid)
             if per_target is not None:
@@ -324,9 +384,8 @@ class Client:
             else:
                 payload = shared.get(use_shm)
             mid = self.session.msg_id()
-            frames_list.append(self.session.build(
-                kind, content, header={"id": mid, "target": eid, "rshm": self.shm, **self._reply_to},
-                payload=payload))
+            tasks.append((eid, {"id": mid, "target": eid, "rshm": self.shm, **self._reply_to},
+                          payload))
             ids.append(mid)
         ar = AsyncResult(self, ids, targets, kind, single=single, reduce=reduce,
                          payloads=[p for p in shared.values() if p.shared])
@@ -334,9 +393,9 @@ class Client:
         with self._pending_lock:
             for i, mid in enumerate(ids):
                 self._pending[mid] = (ar, i)
-        if frames_list:
+        if tasks:
             try:
-                self._send(*frames_list)
+                self._send_tasks(kind, content, tasks)
             except Exception:
                 self._unpend(ids)
                 raise
@@ -348,6 +407,7 @@ class Client:
             for mid in ids:
                 self._pending.pop(mid, None)
                 self._resend.pop(mid, None)
+                self._direct.answered(mid)
 
     def _submit_lb(self, objects, header: dict) -> AsyncResult:
         """Send one load-balanced task; the controller picks its engine."""
@@ -568,6 +628,11 @@ class Client:
         self._fail_all("the client was closed before the result arrived")
         self._run_soon()  # deferred sends fail now ("this client is closed"), nothing hangs
         if not self._thread.is_alive():  # else leave the sockets to the exiting thread
+            with self._send_lock:
+                unread = self._direct.close_all()
+            for frames in unread:  # results nobody will map: release their shared memory
+                for msg in self.session.receive_all(frames):
+                    shm.discard(msg.header)
             self._ctx.destroy(linger=200)
             os.close(self._wake_r)
             os.close(self._wake_w)

@@ -28,7 +28,7 @@ import zmq
 
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
-from ..wire import COPY, Outbox, Session, drain, shm
+from ..wire import Outbox, Session, drain, shm
 from .records import TaskLog
 from .recovery import RestartRecovery
 from .requests import ClientRequests
@@ -37,6 +37,7 @@ from .state import HubState, TaskRecord
 log = logging.getLogger(__name__)
 
 DRAIN = 256  # messages handled per socket per wake-up before polling again
+DONE_FIRST_KEEP = 30.0  # seconds a task recorded from its result ignores its client's copy
 
 
 class Controller(RestartRecovery, ClientRequests):
@@ -61,6 +62,10 @@ class Controller(RestartRecovery, ClientRequests):
         self.db_url = db
         self.records: TaskLog | None = None  # opened by bind()
         self.watchers: dict[str, set] = {}  # task id -> other clients asking for its result
+        # tasks clients sent engines themselves, recorded from their results before
+        # (or instead of) the clients' copies: task id -> when (see `result_first`)
+        self.done_first: dict[str, float] = {}
+        self.unheard: dict[str, float] = {}  # task id -> when a result was asked before we knew it
         self.instance = os.urandom(6).hex().encode()  # in heartbeats: a restart is noticed
         self._init_recovery()
         self._children: list = []     # engines this controller started in place of dead ones
@@ -173,8 +178,33 @@ class Controller(RestartRecovery, ClientRequests):
         self.expire_limbo(now)
         if self._beat % 4 == 0:
             shm.trim_pool()
+            self._forget_done_first(now - DONE_FIRST_KEEP)
+        if self.unheard:
+            self.expire_unheard(now)
         for eid in self.state.silent_engines(now, self.hb_timeout):
             self.engine_lost(eid, f"stopped answering heartbeats for {self.hb_timeout:g} s")
+
+    def result_first(self, msg, direct: bool) -> None:
+        """The result of a task its client sent to the engine itself, here before
+        the client's copy of the task: a quick task's client sends none (it got
+        the result first). Record the task from its result, pass it on, and
+        ignore the copy if it still comes."""
+        hdr = msg.header
+        task = TaskRecord(hdr["parent"], hdr["c"].encode(), hdr["e"], None, {})
+        self.records.submitted(task, hdr.get("k", "apply"), None, hdr["c"], when=hdr.get("sub"))
+        self.state.finished_elsewhere(task, hdr.get("status") == "ok")
+        if len(self.done_first) >= 200_000:
+            self._forget_done_first(float("inf"))
+        self.done_first[task.id] = time.monotonic()
+        self.act()
+        self.deliver(task, msg, direct)
+
+    def _forget_done_first(self, before: float) -> None:
+        while self.done_first:
+            tid, when = next(iter(self.done_first.items()))
+            if when > before:
+                return
+            del self.done_first[tid]
 
     def _drain_pongs(self) -> None:
         now = time.monotonic()
@@ -377,7 +407,7 @@ class Controller(RestartRecovery, ClientRequests):
     def on_engine(self, msg) -> None:
         t = msg.header["t"]
         # a copy: the engine sent it to its client itself (unless that client left since)
-        direct = msg.idents[-1] == COPY and msg.header.get("c", "").encode() in self.clients
+        direct = "cp" in msg.header and msg.header.get("c", "").encode() in self.clients
         if t == "result":
             eid = msg.header.get("e")
             if eid not in self.state.engines:
@@ -389,6 +419,8 @@ class Controller(RestartRecovery, ClientRequests):
             if self.held and self.held_result(msg):
                 return
             hdr = msg.header
+            if "dt" in hdr and hdr.get("parent") not in self.state.tasks:
+                return self.result_first(msg, direct)
             ok = hdr.get("status") == "ok"
             task, nxt = self.state.complete(eid, hdr.get("parent"), ok,
                                             None if ok else msg.content.get("ename"),

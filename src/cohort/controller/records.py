@@ -47,12 +47,12 @@ class TaskLog:
         self._output: dict = {}  # task id -> {"stdout": [...], "stderr": [...], "n": chars}
 
     # --- writes (hot path: queue only) ----------------------------------------------
-    def submitted(self, task, kind: str, frames, session: str) -> None:
+    def submitted(self, task, kind: str, frames, session: str, when: float | None = None) -> None:
         blob = None if task.header is not None else pack_frames(frames[1:], self.max_blob)
         self.recorder.insert({
             "id": task.id, "client": session, "kind": kind, "grp": task.group,
             "state": "queued", "engine": None if task.lb else task.engine,
-            "submitted": time.time(), "policy": json.dumps(task.policy) if task.policy else None,
+            "submitted": when if isinstance(when, float) else time.time(), "policy": json.dumps(task.policy) if task.policy else None,
             "request": blob})
 
     def dispatched(self, task) -> None:

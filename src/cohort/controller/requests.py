@@ -11,12 +11,11 @@ import logging
 import os
 import time
 
-from ..wire import shm
+from ..wire import COPY, TASK_TYPES, shm
 from .state import TaskRecord
 
 log = logging.getLogger(__name__)
 
-TASK_TYPES = frozenset({"execute", "apply", "push", "pull"})
 
 
 class ClientRequests:
@@ -54,16 +53,23 @@ class ClientRequests:
             self.state.submit_lb(task)
             return self.act()
         target = hdr.get("target")
+        sent = msg.idents[-1] == COPY  # its client sent it to the engine itself
+        if sent and (hdr["id"] in self.state.tasks or self.done_first.pop(hdr["id"], None)):
+            return  # its result came first (see `result_first`)
         task = TaskRecord(hdr["id"], client, target, msg.frames, hdr if "shm" in hdr else None)
         self.records.submitted(task, hdr["t"], msg.frames, hdr["s"])
         try:
-            send_now = self.state.submit(task)
+            if sent:
+                self.state.adopt(task)
+            send_now = not sent and self.state.submit(task)
         except (KeyError, TypeError):  # unknown (or unhashable) target
             return self.fail_task(task, "EngineError",
                                   f"engine {target} is not connected (connected: "
                                   f"{sorted(self.state.engines)})", target)
         if send_now:
             self.dispatch(task)
+        elif sent:
+            self.records.dispatched(task)
 
     def _recall_outcomes(self, deps) -> None:
         """Dependencies finished too long ago for the state's memory: ask the task db."""
@@ -142,15 +148,39 @@ class ClientRequests:
             self.watchers.setdefault(tid, set()).add(ident)
             return
         row = self.records.get(tid)
+        if row is None and isinstance(tid, str) and \
+                tid.rpartition("-")[0].encode() in self.clients:
+            # a connected client's task we have not heard of: one it sent an engine itself
+            # tells us within COPY_DELAY (client/direct.py), or its result does
+            self.watchers.setdefault(tid, set()).add(ident)
+            self.unheard[tid] = time.monotonic()
+            return
         if row is None:
-            return self.send_client(ident, "result", {
-                "ename": "ControllerError", "evalue": f"no task {tid!r} is recorded (never "
-                f"submitted, purged, or recorded in another task database)"},
-                {"parent": tid, "e": None, "status": "error"})
+            return self._no_such_task(ident, tid)
         if row["state"] in ("queued", "running"):
             self.watchers.setdefault(tid, set()).add(ident)
             return
         self.send_recorded(ident, tid, row)
+
+    def _no_such_task(self, ident: bytes, tid) -> None:
+        self.send_client(ident, "result", {
+            "ename": "ControllerError", "evalue": f"no task {tid!r} is recorded (never "
+            f"submitted, purged, or recorded in another task database)"},
+            {"parent": tid, "e": None, "status": "error"})
+
+    def expire_unheard(self, now: float, wait: float = 2.0) -> None:
+        """Results asked for tasks still unheard of after `wait` s: there are none."""
+        for tid, since in list(self.unheard.items()):
+            if tid not in self.watchers or tid in self.state.tasks:
+                del self.unheard[tid]  # answered, or it came and will be answered
+            elif now - since > wait:
+                del self.unheard[tid]
+                row = self.records.get(tid)
+                for ident in self.watchers.pop(tid, ()):
+                    if row is None:
+                        self._no_such_task(ident, tid)
+                    else:
+                        self.send_recorded(ident, tid, row)
 
     def client_tasks(self, msg) -> None:
         q = dict(msg.content)

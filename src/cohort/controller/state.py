@@ -53,7 +53,8 @@ class EngineRecord:
                 "state": self.state, "queue": len(self.queue) + len(self.inflight),
                 "completed": self.completed, "failed": self.failed,
                 "registered": self.registered, "shm": bool(self.info.get("shm")),
-                "mpi": self.info.get("mpi"), "restart": bool(self.info.get("restart"))}
+                "mpi": self.info.get("mpi"), "restart": bool(self.info.get("restart")),
+                "tasks": self.info.get("tasks")}
 
 
 class TaskRecord:
@@ -166,6 +167,27 @@ class HubState(LoadBalancing):
             return True
         rec.queue.append(task)
         return False
+
+    def adopt(self, task: TaskRecord) -> None:
+        """A task its client sent straight to its engine: in flight there from now
+        (ahead of any queued here: the engine has it already)."""
+        rec = self.engines.get(task.engine)
+        if rec is None:
+            raise KeyError(task.engine)
+        self.tasks[task.id] = task
+        rec.inflight[task.id] = task
+        if len(rec.inflight) == 1:
+            self._begin(task, time.monotonic())
+
+    def finished_elsewhere(self, task: TaskRecord, ok: bool) -> None:
+        """A task its client sent straight to its engine finished before we heard of it."""
+        rec = self.engines.get(task.engine)
+        if rec is not None:
+            if ok:
+                rec.completed += 1
+            else:
+                rec.failed += 1
+        self._finished(task, ok)
 
     def complete(self, eid: int, msg_id: str, ok: bool = True, ename: str | None = None,
                  took: float | None = None) -> tuple[TaskRecord | None, list]:

@@ -41,16 +41,17 @@ from ..liveness import HeartbeatWatch
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
 from .. import wire as wire_pkg
-from ..wire import COPY, Session, batch, deserialize, drain, send_frames, shm
+from ..wire import TASK_TYPES, Payload, Session, batch, deserialize, drain, send_frames, shm
 from ..store.ref import Ref, resolve, store_value
 from ..wire.serialize import Serialized, serialize, stateless
 from . import display as display_mod
 from .capture import OutputCapture
-from .replies import DirectReplies
+from .replies import DirectInbox, DirectReplies
 
 log = logging.getLogger(__name__)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _OWN_FRAMES = (_HERE, os.path.join(os.path.dirname(_HERE), "_remote.py"))
+DIRECT_WAIT = 2.0  # seconds a task waits for the tasks its client sent here before it
 HOLD = 0.002  # seconds a finished task's result may wait to go back with others
 
 
@@ -87,6 +88,7 @@ class Engine:
         self._store = None  # opened on the first result large enough to go there
         self._inbox: deque = deque()  # received tasks not run yet
         self._held: list = []         # results not sent yet (frame lists), under _out_lock
+        self._waited = 0              # how many of them go to their clients through the controller
         self._held_event = threading.Event()
 
     # --- connection --------------------------------------------------------
@@ -106,6 +108,7 @@ class Engine:
         self.task_sock = self._dealer(self.uuid, url)
         self.out_sock = self._dealer(self.uuid + ".o", url)
         self.replies = DirectReplies(self.ctx, socket.gethostname())
+        self.direct = DirectInbox(self.session, info, self._out_lock)
         self.ctl_sock = self._dealer(self.uuid + ".c", url)
         self.watch = HeartbeatWatch(self.ctx, info.url("hb_ping"), self.controller_timeout, info)
         # the control socket first, so the controller can reach it once we are registered
@@ -138,6 +141,8 @@ class Engine:
         reg = {"host": socket.gethostname(), "pid": os.getpid(),
                "starttime": proc_starttime(os.getpid()), "python": sys.version.split()[0],
                "cwd": os.getcwd(), "shm": self.shm}
+        if self.direct.address:  # clients on this host may send their tasks here
+            reg["tasks"] = self.direct.address
         if self.mpi is not None:  # a lone replacement could not join the world: no restart
             reg["mpi"] = self.mpi.describe()
         elif os.environ.get("COHORT_RESTART_ENGINE") == "1":  # started by a cluster: replace if it dies
@@ -172,26 +177,34 @@ class Engine:
 
     def send(self, msg_type: str, content=None, objects=(), header=None, shm_ok=False) -> None:
         to = header.get("rto") if header else None  # its client waits for it directly
-        if to is not None:
+        if to is not None:  # "cp": the controller's copy, to record, not to pass on
             task_header, header = header, {k: v for k, v in header.items() if k != "rto"}
-        frames = self.session.build(msg_type, content, objects, header, shm_ok=shm_ok)
+            header["cp"] = 1
+        payload = Payload(objects, shm_ok=shm_ok) if objects else None  # serialized once
+        frames = self.session.build(msg_type, content, header=header, payload=payload)
         with self._out_lock:
             if to is not None:
                 if self.replies.send(to, frames):
-                    if self._held:  # results before it reach the controller first
-                        send_frames(self.out_sock, self._take_held())
-                    send_frames(self.out_sock, [COPY, *frames])  # to record, not to forward
                     if msg_type == "result":
                         self._recent.append(frames)
+                    # nobody waits for the copy: it goes with the others held, in order
+                    self._held.append(frames)
+                    if len(self._held) == 1:
+                        self._held_event.set()
+                    elif len(self._held) >= 64:
+                        send_frames(self.out_sock, self._take_held())
                     return
                 # this and the task's later messages go the usual way (its header is the
                 # capture's parent, shared by them all): they cannot overtake earlier ones
                 task_header.pop("rto", None)
+                del header["cp"]
+                frames = self.session.build(msg_type, content, header=header, payload=payload)
             if msg_type == "result":
                 if sum(memoryview(f).nbytes for f in frames) <= 1 << 20:
                     self._recent.append(frames)
                 if self._hold():
                     self._held.append(frames)
+                    self._waited += 1
                     if len(self._held) == 1:
                         self._held_event.set()
                     return
@@ -204,10 +217,11 @@ class Engine:
         """Hold a result back while at least as many tasks wait to run here as
         results are held: the controller gets results in batches, early enough
         to send the next tasks before this engine runs out."""
-        return len(self._held) < len(self._inbox) and len(self._held) < 64
+        return self._waited < len(self._inbox) and len(self._held) < 64
 
     def _take_held(self) -> list:
         held, self._held = self._held, []
+        self._waited = 0
         return batch(held)
 
     def flush_results(self) -> None:
@@ -241,15 +255,17 @@ class Engine:
         threading.Thread(target=self._result_flusher, name="cohort-results", daemon=True).start()
         poller = zmq.Poller()
         poller.register(self.task_sock, zmq.POLLIN)
+        self.direct.watch(poller)
         inbox = self._inbox
         try:
             while not self._stop.is_set():
                 if not inbox:
                     try:
                         self.flush_results()
-                        if not poller.poll(200):
+                        ready = poller.poll(200)
+                        if not ready:
                             continue
-                        self._receive_tasks()
+                        self._receive_tasks([sock for sock, _ in ready])
                     except KeyboardInterrupt:  # an interrupt that arrived between tasks
                         pass
                     continue
@@ -263,10 +279,20 @@ class Engine:
         finally:
             self.close()
 
-    def _receive_tasks(self) -> None:
-        """Take every task waiting on the socket (one batch or many) into the inbox."""
-        for frames in drain(self.task_sock, 64):
-            self._inbox.extend(self.session.receive_all(frames))
+    def _receive_tasks(self, ready) -> None:
+        """Take every task waiting on the `ready` sockets (one batch or many) into the
+        inbox: those clients sent here themselves, then those the controller sent."""
+        fds = [s for s in ready if isinstance(s, int)]
+        if fds:
+            self._inbox.extend(self.direct.take(fds))
+        if self.task_sock in ready:
+            for frames in drain(self.task_sock, 64):
+                for msg in self.session.receive_all(frames):
+                    after = msg.header.get("after_dq")
+                    if after:  # its client sent tasks here directly before it: those first
+                        self._inbox.extend(self.direct.wait_for(msg.header.get("s"), after,
+                                                                DIRECT_WAIT))
+                    self._inbox.append(msg)
 
     def run_task(self, msg) -> None:
         hdr = msg.header
@@ -283,11 +309,12 @@ class Engine:
             self.current = task_id
         client = hdr["s"]
         parent = {"parent": task_id, "c": client, "e": self.id}
-        if not self._inbox:  # the only work here: its client may get its output directly
-            with self._out_lock:
-                to = self.replies.route(hdr)
-            if to is not None:
-                parent["rto"] = to
+        if "dt" in hdr:  # sent here by its client: the controller may learn of it by its result
+            parent.update(dt=1, k=hdr["t"], sub=hdr.get("ts"))
+        with self._out_lock:  # its client may get its output directly
+            to = self.replies.route(hdr, busy=bool(self._inbox))
+        if to is not None:
+            parent["rto"] = to
         self.capture.begin(parent)
         started = time.time()
         content, objects = {"status": "ok"}, ()
@@ -549,6 +576,7 @@ class Engine:
         if replies is not None:
             with self._out_lock:
                 replies.close()
+                self.direct.close()
         ctl = getattr(self, "_ctl", None)
         if ctl is not None:
             ctl.join(1.0)  # it polls every 0.5 s and sees the stop flag

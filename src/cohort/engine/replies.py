@@ -1,6 +1,12 @@
-"""Results sent straight to the client that waits for them.
+"""The direct path: tasks and results between a client and an engine on one host.
 
-A client on the engine's host names a loopback address in its direct tasks'
+Tasks: the engine listens on a local socket (`DirectInbox`, `cohort.wire.local`)
+and names it when it registers. A client on the same host sends its tasks
+for this engine there, and a copy of each to the controller, which records
+the task as sent to this engine (for death, abort and the records) without
+forwarding it. Their output and results go back over the same socket.
+
+Results: a client on the engine's host names a loopback address in its direct tasks'
 headers (``rto``, with its host ``rh``). When such a task is the only work
 waiting here, its output and result go to that address at once, and a copy
 goes to the controller (marked, so that it records the task and does not
@@ -13,13 +19,97 @@ usual way through the controller.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import OrderedDict
 
 import zmq
 
+from ..wire import TASK_TYPES, local, send_frames
+
+log = logging.getLogger(__name__)
+
 DIRECT_MAX = 1 << 20   # bytes a message may carry to go straight to its client
 MAX_CLIENTS = 64       # reply sockets kept open (the least recently used are closed)
 _LOOPBACK = "tcp://127.0.0.1:"
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+class DirectInbox:
+    """Tasks that clients on this host send here themselves, over local sockets
+    (`cohort.wire.local`): their replies go back the same way (see `DirectReplies`)."""
+
+    def __init__(self, session, info, out_lock):
+        self.session = session
+        self.out_lock = out_lock  # the reply sockets are closed under it
+        self.listener, self.address = (None, None) if info.curve else local.listen()
+        self.conns: dict = {}  # fd -> connected socket
+        self.seen: dict = {}   # client session -> tasks it sent here directly so far ("dq")
+        self.pollers: list = []  # the pollers its sockets are registered with
+
+    def watch(self, poller) -> None:
+        """Register our sockets with `poller` (ready ones are handed to `take`)."""
+        self.pollers.append(poller)
+        for sock in ([self.listener] if self.listener is not None else []) + \
+                list(self.conns.values()):
+            poller.register(sock.fileno(), zmq.POLLIN)
+
+    def take(self, fds) -> list:
+        """The tasks waiting on the ready descriptors `fds` (accepting new clients)."""
+        out = []
+        for fd in fds:
+            if self.listener is not None and fd == self.listener.fileno():
+                for conn in local.accept(self.listener):
+                    self.conns[conn.fileno()] = conn
+                    for poller in self.pollers:
+                        poller.register(conn.fileno(), zmq.POLLIN)
+                continue
+            conn = self.conns.get(fd)
+            if conn is None:
+                continue
+            records, alive = local.receive(conn)
+            for frames in records:
+                for msg in self.session.receive_all(frames):
+                    hdr = msg.header
+                    if hdr.get("t") not in TASK_TYPES:
+                        continue
+                    hdr["dt"] = 1      # its result tells the controller so
+                    hdr["rto"] = conn  # and goes back this way when it can
+                    if isinstance(hdr.get("dq"), int):
+                        self.seen[hdr.get("s")] = hdr["dq"]
+                    out.append(msg)
+            if not alive:  # the client left
+                for poller in self.pollers:
+                    poller.unregister(fd)
+                del self.conns[fd]
+                with self.out_lock:
+                    conn.close()
+        return out
+
+    def wait_for(self, client, n: int, timeout: float) -> list:
+        """The tasks that come within `timeout` s, until client `client` has sent `n`."""
+        out = []
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        self.watch(poller)
+        try:
+            while self.seen.get(client, 0) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("task %d of client %s sent here directly did not come "
+                                "within %g s", n, client, timeout)
+                    break
+                out.extend(self.take([fd for fd, _ in poller.poll(int(left * 1000) + 1)]))
+        finally:
+            self.pollers.remove(poller)
+        return out
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+        if self.listener is not None:
+            self.listener.close()
 
 
 class DirectReplies:
@@ -31,13 +121,18 @@ class DirectReplies:
         self.hostname = hostname
         self._socks: OrderedDict = OrderedDict()
 
-    def route(self, header: dict) -> str | None:
-        """The client's reply address if this task may be answered directly.
+    def route(self, header: dict, busy: bool = False):
+        """Where this task's client gets its output directly, or None (the usual way).
 
-        A client's first task goes the usual way while the connection to it
-        is made, so that no task's messages take both ways out of order."""
+        A task that came over a local socket goes back over it. Otherwise only
+        the only task here (`busy`: others wait; their results go back in
+        batches) of a client on this host; a client's first task goes the
+        usual way while the connection to it is made, so that no task's
+        messages take both ways out of order."""
         to = header.get("rto")
-        if not (isinstance(to, str) and to.startswith(_LOOPBACK) and not header.get("lb")
+        if not isinstance(to, str) and to is not None:  # the task came over a local socket
+            return to if to.fileno() >= 0 else None
+        if busy or not (isinstance(to, str) and to.startswith(_LOOPBACK) and not header.get("lb")
                 and header.get("rh") == self.hostname):
             return None
         if to in self._socks:
@@ -53,16 +148,18 @@ class DirectReplies:
             self._socks.popitem(last=False)[1].close(0)
         return None
 
-    def send(self, to: str, frames: list) -> bool:
+    def send(self, to, frames: list) -> bool:
         """Send to the client at `to` without waiting; False if it must go the usual way
         (too big, no connection — another host's loopback, a client gone — or not reading)."""
+        if not isinstance(to, str):  # the local socket the task came over
+            return to.fileno() >= 0 and local.send(to, frames)
         if sum(memoryview(f).nbytes for f in frames) > DIRECT_MAX:
             return False
         sock = self._socks.get(to)
         if sock is None:
             return False
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(sock, frames, flags=_NOBLOCK)
         except zmq.Again:  # the client stopped reading: the controller will pass it on
             return False
         return True

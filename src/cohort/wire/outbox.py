@@ -47,12 +47,16 @@ def drain(sock, limit: int):
             return
 
 
-def send_frames(sock, frames, copy: bool = False) -> None:
-    """`send_multipart` without its per-call checks (frames are bytes or buffers)."""
+def send_frames(sock, frames, copy: bool = False, flags: int = 0) -> None:
+    """`send_multipart` without its per-call checks (frames are bytes or buffers).
+
+    With ``flags=zmq.NOBLOCK`` on a socket that queues only on a made
+    connection (``immediate``), the first frame raises `zmq.Again` or the
+    whole message is queued."""
     last = len(frames) - 1
     send = sock.send
     for i, f in enumerate(frames):
-        send(f, _MORE if i < last else 0, copy=copy)
+        send(f, (_MORE | flags) if i < last else flags, copy=copy)
 
 
 class Outbox:

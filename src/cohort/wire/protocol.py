@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 DELIM = b"<COHORT>"
 INLINE = 16 * 1024  # pickle streams up to this many bytes travel inside the envelope
 BATCH = b"<COHORT+>"  # instead of DELIM: several messages follow (see the module's text)
+TASK_TYPES = frozenset({"execute", "apply", "push", "pull"})  # messages an engine runs
 COPY = b"<COHORT-copy>"  # a routing frame: a copy for the record of a message already delivered
 _SIGLEN = 32
 _HLEN = struct.Struct("!I")

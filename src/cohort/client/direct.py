@@ -1,0 +1,162 @@
+"""Tasks sent straight to the engines on this client's host.
+
+An engine listens on a local socket (`cohort.wire.local`) and names it when it
+registers (see `cohort.engine.replies`). A client on the same host sends its
+small tasks for that engine there, and a copy of each to the controller,
+which records the task as sent to the engine: death, abort, `queue_status`
+and the task records work as for any task, while the task itself skips the
+hop through the controller, and its output and result come back over the
+same socket. A small call then never waits for the controller at all.
+
+At most `WINDOW` of a client's tasks are out on an engine this way; more wait
+at the controller as usual (so `cancel` can still withdraw them). Order is
+kept per engine: while a task this client sent an engine through the
+controller is unanswered, its later tasks for that engine go that way too;
+and a task sent through the controller after some sent straight names how
+many were (``after_dq``), so that the engine runs those first.
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from ..wire import local
+
+WINDOW = 8  # tasks a client has sent an engine straight, unanswered, at most
+COPY_DELAY = 0.02  # seconds a copy for the controller waits for the task's result (see hold_copy)
+
+
+class DirectTasks:
+    """The client's sockets to engines on its host, and which of its tasks went which way.
+
+    `open`, `close`, `plan`, `send` and `routed` run under the client's send
+    lock; `answered` runs on the I/O thread (its set operations are atomic)."""
+
+    def __init__(self, hostname: str, enabled: bool = True):
+        self.hostname = hostname
+        self.enabled = enabled
+        self._socks: dict = {}            # engine id -> local socket to its task inbox
+        self.fds: dict = {}               # its descriptor -> engine id (the I/O thread polls them)
+        self.changed = False              # sockets opened or closed since the I/O thread looked
+        self._sent: dict = {}             # engine id -> tasks sent it straight so far
+        self._out: dict = {}              # engine id -> ids of those not answered yet
+        self._via_controller: dict = {}   # engine id -> ids of tasks sent the usual way, unanswered
+        self._engine_of: dict = {}        # task id -> engine id, for the tasks in those sets
+        self._copies: dict = {}           # task id -> (the controller's copy, when), not sent yet
+
+    def open(self, engine: dict) -> None:
+        """Connect to an engine's task inbox if it runs on this host."""
+        eid = engine.get("id")
+        if not self.enabled or engine.get("host") != self.hostname or eid in self._socks:
+            return
+        sock = local.connect(engine.get("tasks"))
+        if sock is None:
+            return
+        self._socks[eid] = sock
+        self.fds[sock.fileno()] = eid
+        self.changed = True
+        for table in (self._out, self._via_controller):
+            table.setdefault(eid, set())
+        self._sent.setdefault(eid, 0)
+
+    def close(self, eid) -> None:
+        sock = self._socks.pop(eid, None)
+        if sock is not None:
+            self.fds.pop(sock.fileno(), None)
+            self.changed = True
+            sock.close()
+
+    def close_all(self) -> list:
+        """Close every socket; return the messages still unread on them."""
+        unread = []
+        for eid in list(self._socks):
+            unread.extend(local.receive(self._socks[eid])[0])
+            self.close(eid)
+        return unread
+
+    def repoll(self, poller, polled: set) -> set:
+        """Make `poller` (the I/O thread's) poll exactly our sockets; return their fds."""
+        self.changed = False
+        now = set(self.fds)
+        for fd in polled - now:
+            poller.unregister(fd)
+        for fd in now - polled:
+            poller.register(fd, zmq.POLLIN)
+        return now
+
+    def receive(self, fd) -> tuple:
+        """(the messages engine `fds[fd]` sent back, False if it is gone) (the I/O thread's)."""
+        eid = self.fds.get(fd)
+        if eid is None:
+            return [], True
+        return local.receive(self._socks[eid])
+
+    def plan(self, eid) -> tuple:
+        """(send straight?, header fields) for this client's next task for engine `eid`.
+
+        Straight while no task sent the usual way waits and fewer than `WINDOW`
+        sent straight do (the rest wait at the controller, where `cancel`
+        withdraws them); else through the controller, and the engine runs it
+        only after the tasks sent it straight before (``dq``, ``after_dq``)."""
+        if eid not in self._socks:
+            return False, {}
+        if not self._via_controller[eid] and len(self._out[eid]) < WINDOW:
+            return True, {"dq": self._sent[eid] + 1}
+        return False, self.behind(eid)
+
+    def behind(self, eid) -> dict:
+        """Header fields of a task for `eid` sent through the controller."""
+        n = self._sent.get(eid, 0)
+        return {"after_dq": n} if n else {}
+
+    def send(self, eid, task_id: str, frames: list) -> bool:
+        """Send a task straight to engine `eid` (as `plan` said); False if it cannot
+        go now (too large, the engine's inbox is full, or it is gone).
+
+        The controller's copy of the task is kept back (`due_copies`): if the
+        result comes within `COPY_DELAY`, it is never sent (the engine's copy
+        of the result tells the controller all it needs)."""
+        # noted first: its result may be handled (`answered`) before the send returns
+        self._engine_of[task_id] = eid
+        self._out[eid].add(task_id)
+        self._copies[task_id] = (frames, time.monotonic())  # the controller's, for later
+        if not local.send(self._socks[eid], frames):
+            self.answered(task_id)
+            return False
+        self._sent[eid] += 1
+        return True
+
+    def routed(self, eid, task_id: str) -> None:
+        """A task for `eid` went through the controller: later ones follow it there."""
+        if eid in self._socks:
+            self._via_controller[eid].add(task_id)
+            self._engine_of[task_id] = eid
+
+    def has_copies(self) -> bool:
+        return bool(self._copies)
+
+    def due_copies(self, now: float | None = None) -> list:
+        """Copies to send now: all (`now` None), else those held `COPY_DELAY` by `now`."""
+        out = []
+        for task_id, (frames, when) in list(self._copies.items()):
+            if now is not None and now - when < COPY_DELAY:
+                break
+            if self._copies.pop(task_id, None) is not None:
+                out.append(frames)
+        return out
+
+    def answered(self, task_id: str) -> None:
+        """A task's result came (or it was withdrawn): it no longer holds back later
+        ones, and the controller needs no copy of it."""
+        self._copies.pop(task_id, None)
+        eid = self._engine_of.pop(task_id, None)
+        if eid is not None:
+            self._out[eid].discard(task_id)
+            self._via_controller[eid].discard(task_id)
+
+    def forget(self) -> None:
+        """Every task was failed (the controller was lost): none holds back later ones."""
+        for task_id in list(self._engine_of):
+            self.answered(task_id)

@@ -1,0 +1,213 @@
+"""Clients send tasks straight to engines on their host (client/direct.py).
+
+Real clusters and real sockets throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+import cohort
+from cohort.client.direct import WINDOW, DirectTasks
+from cohort.wire import local
+from conftest import wait_until
+
+
+def _warm(rc, eid: int = 0) -> None:
+    """Until a task has gone to engine `eid` straight (its socket is connected)."""
+    wait_until(lambda: rc[eid].apply_sync(int) == 0 and rc._direct._sent.get(eid, 0) > 0,
+               timeout=15, msg="a task sent straight to the engine")
+
+
+def test_a_task_reaches_its_engine_and_returns_while_the_controller_is_stopped(make_cluster):
+    cl = make_cluster(n=1)
+    rc = cl.client
+    _warm(rc)
+    os.kill(cl.controller.pid, signal.SIGSTOP)
+    try:  # neither the task nor its result passes through the controller
+        ar = rc[0].apply(lambda x: x * 2, 21)
+        assert ar.get(timeout=10) == 42
+    finally:
+        os.kill(cl.controller.pid, signal.SIGCONT)
+    # the controller recorded it from the copies, whichever came first
+    wait_until(lambda: [r["state"] for r in rc.tasks(ids=ar.msg_ids)] == ["done"], timeout=10,
+               msg="the task recorded as done")
+    assert rc.queue_status()[0]["inflight"] == 0
+
+
+def test_a_quick_task_needs_no_copy_the_controller_records_it_from_its_result(cluster):
+    with cohort.Client(cluster.connection_file, stream_output=False) as rc:
+        _warm(rc)
+        sent = []
+        rc._send_copies = sent.append
+        ar = rc[0].apply(lambda: (print("said"), "quick")[-1])
+        assert ar.get(timeout=10) == "quick"
+        wait_until(lambda: [r["state"] for r in rc.tasks(ids=ar.msg_ids)] == ["done"],
+                   timeout=10, msg="the task recorded as done")
+        assert sent == []  # its result came first: no copy went
+        (row,) = rc.tasks(ids=ar.msg_ids)
+        assert row["stdout"] == "said\n" and row["engine"] == 0 and row["kind"] == "apply"
+        assert row["submitted"] <= row["started"] <= row["completed"]
+        assert rc.queue_status()[0]["inflight"] == 0
+
+
+def test_a_longer_task_is_known_to_the_controller_while_it_runs(cluster):
+    with cohort.Client(cluster.connection_file, stream_output=False) as rc, \
+            cohort.Client(cluster.connection_file, stream_output=False) as other:
+        _warm(rc)
+        ar = rc[0].execute("import time; time.sleep(1.5)")
+        # its client's copy goes within about 0.1 s, without any request from it
+        wait_until(lambda: other.queue_status()[0]["inflight"] == 1, timeout=1.2,
+                   msg="the controller to know the task runs")
+        ar.get(timeout=10)
+        wait_until(lambda: other.queue_status()[0]["inflight"] == 0, timeout=5,
+                   msg="the task to be done")
+
+
+def test_a_copy_that_comes_after_the_result_is_ignored(cluster):
+    with cohort.Client(cluster.connection_file, stream_output=False) as rc:
+        _warm(rc)
+        held = []
+        send_copies = rc._send_copies
+        rc._send_copies = held.append
+        ar = rc[0].execute("import time; time.sleep(0.3)")  # long enough for its copy to be due
+        ar.get(timeout=10)
+        wait_until(lambda: [r["state"] for r in rc.tasks(ids=ar.msg_ids)] == ["done"],
+                   timeout=10, msg="the task recorded from its result")
+        assert held  # the copy was due before the result came; it comes late
+        with rc._send_lock:
+            send_copies(held[0])
+        time.sleep(0.3)
+        assert rc.queue_status()[0]["inflight"] == 0  # not taken for a task still running
+        assert [r["state"] for r in rc.tasks(ids=ar.msg_ids)] == ["done"]
+
+
+def test_an_engine_killed_during_a_task_sent_straight_fails_it(make_cluster):
+    cl = make_cluster(n=1)
+    rc = cl.client
+    _warm(rc)
+    sent = rc._direct._sent[0]
+    ar = rc[0].apply(lambda: (print("started"), __import__("time").sleep(60))[-1])
+    assert rc._direct._sent[0] == sent + 1
+    wait_until(lambda: "started" in (ar.stdout or ""), timeout=15, msg="the task to start")
+    os.kill(rc.engines[0]["pid"], signal.SIGKILL)
+    with pytest.raises(cohort.EngineError, match="engine 0"):
+        ar.get(timeout=15)
+
+
+def test_tasks_beyond_the_window_wait_at_the_controller_and_run_in_order(rc):
+    _warm(rc)
+    rc[0].execute("order = []", block=True)
+    first = rc[0].execute("import time; time.sleep(0.5)")
+    ars = [rc[0].execute(f"order.append({i})") for i in range(3 * WINDOW)]
+    last = rc[0].execute("order.append('cancelled')")
+    assert last.cancel() is True  # it waits at the controller: it can be withdrawn
+    first.get(timeout=15)
+    for ar in ars:
+        ar.get(timeout=15)
+    tail = [rc[0].execute(f"order.append({i})") for i in range(3 * WINDOW, 4 * WINDOW)]
+    for ar in tail:
+        ar.get(timeout=15)
+    assert rc[0].pull("order", block=True) == list(range(4 * WINDOW))
+
+
+def test_a_task_sent_straight_can_be_aborted_before_it_runs(rc):
+    _warm(rc, 1)
+    blocker = rc[1].execute("import time; time.sleep(1.0)")
+    sent = rc._direct._sent[1]
+    victim = rc[1].execute("aborted_one_ran = True")
+    assert rc._direct._sent[1] == sent + 1  # it went straight, within the window
+    rc.abort(victim)
+    with pytest.raises(cohort.TaskAborted):
+        victim.get(timeout=15)
+    blocker.get(timeout=15)
+    assert rc[1].apply_sync(lambda: "aborted_one_ran" in globals()) is False
+
+
+def test_a_task_too_large_for_the_local_socket_goes_the_usual_way_in_order(rc):
+    _warm(rc)
+    rc[0].execute("order = []", block=True)
+    sent = rc._direct._sent[0]
+    first = rc[0].execute("import time; time.sleep(0.3); order.append(1)")
+    blob = os.urandom(local.RECORD_MAX + 1)
+    big = rc[0].push({"blob": blob})  # through the controller, after the one sent straight
+    last = rc[0].execute("order.append(len(blob))")  # behind the big one: the usual way too
+    assert rc._direct._sent[0] == sent + 1
+    for ar in (first, big, last):
+        ar.get(timeout=30)
+    assert rc[0].pull("order", block=True) == [1, len(blob)]
+    assert rc[0].pull("blob", block=True) == blob
+    rc[0].apply_sync(int)
+    assert rc._direct._sent[0] > sent + 1  # and then straight again
+
+
+# --- DirectTasks and the local sockets, for real ---------------------------------
+def test_direct_tasks_keep_a_window_and_follow_tasks_sent_the_usual_way():
+    listener, address = local.listen()
+    here = socket.gethostname()
+    direct = DirectTasks(here)
+    try:
+        direct.open({"id": 5, "host": "elsewhere", "tasks": address})
+        assert direct.plan(5) == (False, {})  # another host's socket is not ours
+        direct.open({"id": 5, "host": here, "tasks": address})
+        (conn,) = local.accept(listener)
+        for i in range(WINDOW):
+            assert direct.plan(5) == (True, {"dq": i + 1})
+            assert direct.send(5, f"t{i}", [b"<COHORT>", b"%d" % i])
+        assert direct.plan(5) == (False, {"after_dq": WINDOW})  # the window is full
+        direct.routed(5, "u0")
+        direct.answered("t0")
+        assert direct.plan(5) == (False, {"after_dq": WINDOW})  # behind the one sent the usual way
+        direct.answered("u0")
+        assert direct.plan(5) == (True, {"dq": WINDOW + 1})
+        assert not direct.send(5, "big", [b"<COHORT>", b"x" * (local.RECORD_MAX + 1)])
+        messages, alive = local.receive(conn)
+        assert alive and [bytes(m[1]) for m in messages] == [b"%d" % i for i in range(WINDOW)]
+        conn.close()
+        assert direct.receive(next(iter(direct.fds))) == ([], False)  # the engine is gone
+    finally:
+        direct.close_all()
+        listener.close()
+
+
+def test_no_direct_tasks_on_an_encrypted_cluster_or_to_unknown_engines():
+    listener, address = local.listen()
+    try:
+        direct = DirectTasks(socket.gethostname(), enabled=False)
+        direct.open({"id": 1, "host": socket.gethostname(), "tasks": address})
+        assert direct.plan(1) == (False, {}) and direct.plan(2) == (False, {})
+        direct = DirectTasks(socket.gethostname())
+        direct.open({"id": 3, "host": socket.gethostname(), "tasks": "local:@nobody-listens"})
+        assert direct.plan(3) == (False, {})
+    finally:
+        listener.close()
+
+
+def test_local_records_keep_their_frames_and_malformed_ones_are_dropped():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        assert local.send(a, [b"<COHORT>", b"", memoryview(b"abc")])
+        a.send(b"\xff\xff\xff\xff")  # a count no record can have
+        a.send(b"\x00\x00\x00\x01\x00\x00\x00\x09ab")  # shorter than it says
+        messages, alive = local.receive(b)
+        assert alive and [[bytes(f) for f in m] for m in messages] == [[b"<COHORT>", b"", b"abc"]]
+        a.close()
+        assert local.receive(b) == ([], False)
+    finally:
+        b.close()
+
+
+def test_a_result_asked_for_a_task_never_sent_fails_after_a_short_wait(rc, cluster):
+    with cohort.Client(cluster.connection_file, stream_output=False) as other:
+        t = time.monotonic()
+        ar = other.get_result(f"{rc.session.id}-999999")  # looks like rc's, but never was
+        with pytest.raises(cohort.ControllerError, match="no task"):
+            ar.get(timeout=15)
+        assert time.monotonic() - t >= 1.0  # it may have been coming straight to an engine
