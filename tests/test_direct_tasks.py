@@ -211,3 +211,19 @@ def test_a_result_asked_for_a_task_never_sent_fails_after_a_short_wait(rc, clust
         with pytest.raises(cohort.ControllerError, match="no task"):
             ar.get(timeout=15)
         assert time.monotonic() - t >= 1.0  # it may have been coming straight to an engine
+
+
+def test_a_task_sent_straight_survives_a_controller_restart(make_cluster):
+    cl = make_cluster(n=1)
+    rc = cl.client
+    _warm(rc)
+    ar = rc[0].execute("import time; time.sleep(3); survived = 1")
+    time.sleep(0.3)  # its copy went to the controller that is killed now
+    cl.controller.send_signal(signal.SIGKILL)
+    cl.controller.wait(10)
+    cl.restart_controller()
+    ar.get(timeout=60)
+    wait_until(lambda: rc.ids == [0], 30, msg="the engine to come back")
+    assert rc[0].pull("survived", block=True) == 1
+    wait_until(lambda: [r["state"] for r in rc.tasks(ids=ar.msg_ids)] == ["done"],
+               timeout=15, msg="the task recorded as done")

@@ -194,6 +194,11 @@ class Client:
             if frames is not None:
                 self._send(frames)
                 continue
+            frames = self._direct.copy_of(tid)
+            if frames is not None:  # sent straight to its engine, which may still run it
+                with self._send_lock:
+                    self._send_copies([frames])
+                continue
             entry = self._pending.pop(tid, None)
             if entry is not None:
                 entry[0]._deliver(entry[1], {"status": "error"}, {

@@ -45,6 +45,7 @@ class DirectTasks:
         self._via_controller: dict = {}   # engine id -> ids of tasks sent the usual way, unanswered
         self._engine_of: dict = {}        # task id -> engine id, for the tasks in those sets
         self._copies: dict = {}           # task id -> (the controller's copy, when), not sent yet
+        self._copied: dict = {}           # task id -> the copy sent, until the task is answered
 
     def open(self, engine: dict) -> None:
         """Connect to an engine's task inbox if it runs on this host."""
@@ -144,13 +145,23 @@ class DirectTasks:
             if now is not None and now - when < COPY_DELAY:
                 break
             if self._copies.pop(task_id, None) is not None:
+                self._copied[task_id] = frames
                 out.append(frames)
         return out
+
+    def copy_of(self, task_id: str):
+        """The controller's copy of a task still out (to send a restarted controller)."""
+        held = self._copies.pop(task_id, None)
+        if held is not None:
+            self._copied[task_id] = held[0]
+            return held[0]
+        return self._copied.get(task_id)
 
     def answered(self, task_id: str) -> None:
         """A task's result came (or it was withdrawn): it no longer holds back later
         ones, and the controller needs no copy of it."""
         self._copies.pop(task_id, None)
+        self._copied.pop(task_id, None)
         eid = self._engine_of.pop(task_id, None)
         if eid is not None:
             self._out[eid].discard(task_id)

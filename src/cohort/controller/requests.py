@@ -58,6 +58,10 @@ class ClientRequests:
             return  # its result came first (see `result_first`)
         task = TaskRecord(hdr["id"], client, target, msg.frames, hdr if "shm" in hdr else None)
         self.records.submitted(task, hdr["t"], msg.frames, hdr["s"])
+        if sent and self.recovering and target not in self.state.engines:
+            self.held[task.id] = task  # its engine, back soon, has it: see recovery.py
+            self.expected.add(target)
+            return
         try:
             if sent:
                 self.state.adopt(task)
