@@ -227,3 +227,39 @@ def test_a_task_sent_straight_survives_a_controller_restart(make_cluster):
     assert rc[0].pull("survived", block=True) == 1
     wait_until(lambda: [r["state"] for r in rc.tasks(ids=ar.msg_ids)] == ["done"],
                timeout=15, msg="the task recorded as done")
+
+
+def test_a_task_may_depend_on_a_quick_task_sent_straight(rc):
+    _warm(rc)
+    lv = rc.load_balanced_view()
+    for i in range(20):  # the controller may hear of each first from its dependent
+        first = rc[0].apply(lambda x: x, i)
+        assert first.get(timeout=10) == i
+        assert lv.apply(lambda x: x + 1, i, after=first).get(timeout=10) == i + 1
+
+
+def test_its_own_client_may_ask_again_for_a_result_it_got_straight(rc):
+    _warm(rc)
+    for i in range(10):
+        ar = rc[0].apply(lambda x: x * 3, i)
+        assert ar.get(timeout=10) == 3 * i
+        assert rc.get_result(ar.msg_ids[0]).get(timeout=10) == 3 * i
+
+
+def test_connecting_to_an_engine_too_busy_to_accept_never_waits():
+    name = f"cohort-test-{os.getpid()}-{time.monotonic_ns()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind("\0" + name)
+    listener.listen(1)  # never accepted, like an engine in a long task
+    socks = []
+    try:
+        t = time.monotonic()
+        for _ in range(5):
+            socks.append(local.connect(local.PREFIX + name))
+        assert time.monotonic() - t < 2
+        assert None in socks  # the backlog filled: the usual way for those
+    finally:
+        for s in socks:
+            if s is not None:
+                s.close()
+        listener.close()

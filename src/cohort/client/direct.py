@@ -103,7 +103,7 @@ class DirectTasks:
         only after the tasks sent it straight before (``dq``, ``after_dq``)."""
         if eid not in self._socks:
             return False, {}
-        if not self._via_controller[eid] and len(self._out[eid]) < WINDOW:
+        if not self._via_controller.get(eid) and len(self._out[eid]) < WINDOW:
             return True, {"dq": self._sent[eid] + 1}
         return False, self.behind(eid)
 
@@ -130,10 +130,13 @@ class DirectTasks:
         return True
 
     def routed(self, eid, task_id: str) -> None:
-        """A task for `eid` went through the controller: later ones follow it there."""
-        if eid in self._socks:
-            self._via_controller[eid].add(task_id)
-            self._engine_of[task_id] = eid
+        """A task for `eid` went through the controller: later ones follow it there
+        (also if `eid` is an engine we connect to only later)."""
+        try:
+            self._via_controller.setdefault(eid, set()).add(task_id)
+        except TypeError:  # not an engine id: the controller says so
+            return
+        self._engine_of[task_id] = eid
 
     def has_copies(self) -> bool:
         return bool(self._copies)
@@ -164,7 +167,7 @@ class DirectTasks:
         self._copied.pop(task_id, None)
         eid = self._engine_of.pop(task_id, None)
         if eid is not None:
-            self._out[eid].discard(task_id)
+            self._out.get(eid, set()).discard(task_id)
             self._via_controller[eid].discard(task_id)
 
     def forget(self) -> None:

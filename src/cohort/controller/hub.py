@@ -65,7 +65,8 @@ class Controller(RestartRecovery, ClientRequests):
         # tasks clients sent engines themselves, recorded from their results before
         # (or instead of) the clients' copies: task id -> when (see `result_first`)
         self.done_first: dict[str, float] = {}
-        self.unheard: dict[str, float] = {}  # task id -> when a result was asked before we knew it
+        self.unheard: dict[str, float] = {}  # task id -> when asked about before we knew it
+        self.parked: dict[str, list] = {}    # task id -> tasks that depend on it, waiting to hear
         self.instance = os.urandom(6).hex().encode()  # in heartbeats: a restart is noticed
         self._init_recovery()
         self._children: list = []     # engines this controller started in place of dead ones
@@ -198,6 +199,8 @@ class Controller(RestartRecovery, ClientRequests):
         self.done_first[task.id] = time.monotonic()
         self.act()
         self.deliver(task, msg, direct)
+        if self.parked:
+            self.unpark(task.id)
 
     def _forget_done_first(self, before: float) -> None:
         while self.done_first:
@@ -373,19 +376,27 @@ class Controller(RestartRecovery, ClientRequests):
         """Record an engine's result and pass it on to whoever waits for it
         (`direct`: the engine sent it to the task's client itself)."""
         self.records.finished(task, msg.header, msg.content, msg.frames)
-        receivers = [c for c in self._receivers(task) if c in self.clients]
-        if direct:  # only others who asked for it; shared memory is its client's to map
-            receivers = [] if "shm" in msg.header else [c for c in receivers if c != task.client]
-        elif "shm" in msg.header:  # its segments can be mapped once: one receiver only
+        receivers = [c for c in self._receivers(task, direct) if c in self.clients]
+        if direct and "shm" in msg.header:  # its segments are its client's to map
+            for ident in receivers:
+                self.send_client(ident, "result", {
+                    "ename": "ControllerError", "evalue": f"task {task.id} succeeded, but its "
+                    f"result travelled through shared memory to the client that sent it"},
+                    {"parent": task.id, "e": msg.header.get("e"), "status": "error"})
+            return
+        if "shm" in msg.header:  # its segments can be mapped once: one receiver only
             receivers = receivers[:1]
         for ident in receivers:
             self.to_client.put(ident, msg.frames)
         if not receivers and not direct:  # the client left: nobody will map its segments
             shm.discard(msg.header)
 
-    def _receivers(self, task) -> list:
-        """The task's client and any other client that asked for its result."""
-        return [task.client, *(w for w in self.watchers.pop(task.id, ()) if w != task.client)]
+    def _receivers(self, task, direct: bool = False) -> list:
+        """The task's client and any other client that asked for its result (not its
+        client when it got the result `direct`ly, unless it asked again since)."""
+        asked = self.watchers.pop(task.id, ())
+        own = [] if direct and task.client not in asked else [task.client]
+        return own + [w for w in asked if w != task.client]
 
     def broadcast(self, msg_type: str, content: dict) -> None:
         for ident in list(self.clients):

@@ -38,12 +38,15 @@ class ClientRequests:
             self.clients[ident] = {"connected": time.time(), "session": ident.decode()}
         return ident
 
-    def on_task(self, msg) -> None:
+    def on_task(self, msg, park: bool = True) -> None:
         client = self.client_seen(msg.header["s"].encode())
         hdr = msg.header
         if hdr.get("lb"):
             if hdr["id"] in self.state.tasks:
                 return  # sent again (a client resuming after a controller restart)
+            deps = list(hdr.get("after", ())) + list(hdr.get("follow", ()))
+            if park and deps and self._park(msg, deps):
+                return
             task = TaskRecord(
                 hdr["id"], client, None, msg.frames, hdr if "shm" in hdr else None, lb=True,
                 policy=hdr.get("pol"), group=hdr.get("g"), after=hdr.get("after", ()),
@@ -74,6 +77,27 @@ class ClientRequests:
             self.dispatch(task)
         elif sent:
             self.records.dispatched(task)
+            if self.parked:
+                self.unpark(task.id)
+
+    def _park(self, msg, deps) -> bool:
+        """Hold a task back whose dependency we have not heard of, but a connected
+        client may have sent an engine itself (client/direct.py): its result or its
+        copy tells us soon. True if parked (`unpark` or `expire_unheard` goes on)."""
+        self._recall_outcomes(deps)
+        for dep in deps:
+            if isinstance(dep, str) and dep not in self.state.tasks \
+                    and dep not in self.state.outcomes and dep not in self.held \
+                    and dep.rpartition("-")[0].encode() in self.clients:
+                self.parked.setdefault(dep, []).append(msg)
+                self.unheard.setdefault(dep, time.monotonic())
+                return True
+        return False
+
+    def unpark(self, task_id: str) -> None:
+        """Task `task_id` is known now: tasks that waited to hear of it go on."""
+        for msg in self.parked.pop(task_id, ()):
+            self.on_task(msg)
 
     def _recall_outcomes(self, deps) -> None:
         """Dependencies finished too long ago for the state's memory: ask the task db."""
@@ -175,6 +199,11 @@ class ClientRequests:
     def expire_unheard(self, now: float, wait: float = 2.0) -> None:
         """Results asked for tasks still unheard of after `wait` s: there are none."""
         for tid, since in list(self.unheard.items()):
+            if tid in self.parked and now - since > wait:  # they fail: no such dependency
+                for msg in self.parked.pop(tid):
+                    self.on_task(msg, park=False)
+            if tid in self.parked:
+                continue
             if tid not in self.watchers or tid in self.state.tasks:
                 del self.unheard[tid]  # answered, or it came and will be answered
             elif now - since > wait:
