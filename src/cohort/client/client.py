@@ -14,17 +14,18 @@ import zmq
 from ..errors import ControllerError, TimeoutError
 from ..liveness import HeartbeatWatch
 from ..profile import ConnectionInfo, resolve_connection_file
-from ..wire import COPY, Payload, Session, batch, drain, recv_frames, send_frames, shm
+from ..wire import Session, drain, recv_frames, shm
 from .asyncresult import AsyncResult
 from .batching import BatchedFuture, CallTimes
 from .direct import DirectTasks
+from .sending import Sending
 from .lbview import LoadBalancedView
 from .view import DirectView
 
 log = logging.getLogger(__name__)
 
 
-class Client:
+class Client(Sending):
     """Connects to a running cluster's controller.
 
     ``Client()`` reads the default profile's connection file; pass
@@ -314,137 +315,6 @@ class Client:
         prefix = f"[{name}:{eid}] "
         body = text[:-1] if text.endswith("\n") else text
         out.write(prefix + body.replace("\n", "\n" + prefix) + "\n")
-
-    # --- sending -------------------------------------------------------------
-    def _send(self, *messages, batchable: bool = False) -> None:
-        """Send messages (frame lists) in order, as one batch.
-
-        `batchable` (tasks submitted while others are pending): queue them for
-        the I/O thread, which sends everything queued as one batch when it
-        next runs, so a burst of submits costs a few sends, not one each. An
-        idle client sends at once: a lone call waits for nothing.
-        """
-        if self._closed:
-            raise ControllerError("this client is closed")
-        if batchable:
-            with self._queue_lock:
-                first = not self._outq
-                self._outq.extend(messages)
-            if first:
-                os.write(self._wake_w, b"!")
-            return
-        self._flush(messages)  # after anything queued: order is kept
-
-    def _flush(self, messages=()) -> None:
-        """Send what is queued, then `messages`, as one batch."""
-        with self._send_lock:
-            self._flush_locked(messages)
-
-    def _flush_locked(self, messages) -> None:
-        copies = self._direct.due_copies()  # first: what the controller answers must know them
-        if copies:
-            self._send_copies(copies)
-        with self._queue_lock:
-            queued, self._outq = self._outq, []
-        queued.extend(messages)
-        if queued:
-            send_frames(self._send_sock, batch(queued))
-
-    def _send_tasks(self, kind: str, content, tasks: list) -> None:
-        """Send (engine id, header, payload) tasks: each straight to its engine when
-        it is on this host, with a copy to the controller (client/direct.py), the
-        rest through the controller."""
-        if self._closed:
-            raise ControllerError("this client is closed")
-        with self._send_lock:
-            routed = []
-            for eid, header, payload in tasks:
-                straight, fields = self._direct.plan(eid)
-                header.update(fields)
-                frames = self.session.build(kind, content, header=header, payload=payload)
-                if straight and self._direct.send(eid, header["id"], frames):
-                    continue
-                if straight:  # too large, or no room there now: after those that went
-                    del header["dq"]
-                    header.update(self._direct.behind(eid))
-                    frames = self.session.build(kind, content, header=header, payload=payload)
-                self._direct.routed(eid, header["id"])
-                routed.append(frames)
-            if routed:
-                self._flush_locked(routed)
-
-    def _send_copies(self, copies: list) -> None:
-        """The controller's copies of tasks sent straight to engines (send lock held)."""
-        send_frames(self._send_sock, [COPY, *batch(copies)])
-
-    def _submit(self, kind: str, targets: list, content=None, objects=(), single=False,
-                reduce=None, per_target=None) -> AsyncResult:
-        """Send one task per target engine; return their joint AsyncResult."""
-        shared = self._shared_payloads(objects, targets) if per_target is None and objects else {}
-        tasks, ids = [], []
-        for eid in targets:
-            use_shm = self._shm_with(eid)
-            if per_target is not None:
-                payload = Payload(per_target[eid], shm_ok=use_shm)
-            else:
-                payload = shared.get(use_shm)
-            mid = self.session.msg_id()
-            tasks.append((eid, {"id": mid, "target": eid, "rshm": self.shm, **self._reply_to},
-                          payload))
-            ids.append(mid)
-        ar = AsyncResult(self, ids, targets, kind, single=single, reduce=reduce,
-                         payloads=[p for p in shared.values() if p.shared])
-        ar.quiet = getattr(self._quiet, "on", False)
-        with self._pending_lock:
-            for i, mid in enumerate(ids):
-                self._pending[mid] = (ar, i)
-        if tasks:
-            try:
-                self._send_tasks(kind, content, tasks)
-            except Exception:
-                self._unpend(ids)
-                raise
-        return ar
-
-    def _unpend(self, ids) -> None:
-        """Tasks that were never sent, or withdrawn: nothing will answer them."""
-        with self._pending_lock:
-            for mid in ids:
-                self._pending.pop(mid, None)
-                self._resend.pop(mid, None)
-                self._direct.answered(mid)
-
-    def _submit_lb(self, objects, header: dict) -> AsyncResult:
-        """Send one load-balanced task; the controller picks its engine."""
-        mid = self.session.msg_id()
-        # no shared memory for its arguments: a retry may send them again
-        frames = self.session.build("apply", None, header=dict(header, id=mid, rshm=self.shm),
-                                    payload=Payload(objects))
-        ar = AsyncResult(self, [mid], [None], "apply", single=True)
-        with self._pending_lock:
-            busy = bool(self._pending)
-            self._pending[mid] = (ar, 0)
-            self._resend[mid] = frames
-        try:
-            self._send(frames, batchable=busy)
-        except Exception:
-            self._unpend([mid])
-            raise
-        return ar
-
-    def _shm_with(self, eid) -> bool:
-        e = self._engines.get(eid)
-        return bool(self.shm and e is not None and e.get("shm"))
-
-    def _shared_payloads(self, objects, targets) -> dict:
-        """{True: payload for engines sharing our memory, False: for the rest}."""
-        n_shm = sum(self._shm_with(t) for t in targets)
-        out = {}
-        if n_shm:
-            out[True] = Payload(objects, shm_ok=True, shared=n_shm > 1)
-        if n_shm < len(targets):
-            out[False] = Payload(objects)
-        return out
 
     def _request(self, msg_type: str, content=None, timeout: float = 10.0) -> dict:
         from concurrent.futures import Future

@@ -41,25 +41,25 @@ from ..liveness import HeartbeatWatch
 from ..procinfo import proc_starttime
 from ..profile import ConnectionInfo
 from .. import wire as wire_pkg
-from ..wire import TASK_TYPES, Payload, Session, batch, deserialize, drain, send_frames, shm
+from ..wire import Session, deserialize, drain, shm
 from ..store.ref import Ref, resolve, store_value
 from ..wire.serialize import Serialized, serialize, stateless
 from . import display as display_mod
 from .capture import OutputCapture
+from .outgoing import Outgoing
 from .replies import DirectInbox, DirectReplies
 
 log = logging.getLogger(__name__)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _OWN_FRAMES = (_HERE, os.path.join(os.path.dirname(_HERE), "_remote.py"))
 DIRECT_WAIT = 2.0  # seconds a task waits for the tasks its client sent here before it
-HOLD = 0.002  # seconds a finished task's result may wait to go back with others
 
 
 class EngineStartError(Exception):
     pass
 
 
-class Engine:
+class Engine(Outgoing):
     """Connects to a controller, registers, then serves tasks until told to stop."""
 
     def __init__(self, info: ConnectionInfo, controller_timeout: float = 30.0,
@@ -174,72 +174,6 @@ class Engine:
         raise EngineStartError(
             f"no controller answered at {self.info.url('engine')} within "
             f"{self.register_timeout:g} s: is it running, and is this the right connection file?")
-
-    def send(self, msg_type: str, content=None, objects=(), header=None, shm_ok=False) -> None:
-        to = header.get("rto") if header else None  # its client waits for it directly
-        if to is not None:  # "cp": the controller's copy, to record, not to pass on
-            task_header, header = header, {k: v for k, v in header.items() if k != "rto"}
-            header["cp"] = 1
-        payload = Payload(objects, shm_ok=shm_ok) if objects else None  # serialized once
-        frames = self.session.build(msg_type, content, header=header, payload=payload)
-        with self._out_lock:
-            if to is not None:
-                if self.replies.send(to, frames):
-                    if msg_type == "result":
-                        self._recent.append(frames)
-                    # nobody waits for the copy: it goes with the others held, in order
-                    self._held.append(frames)
-                    if len(self._held) == 1:
-                        self._held_event.set()
-                    elif len(self._held) >= 64:
-                        send_frames(self.out_sock, self._take_held())
-                    return
-                # this and the task's later messages go the usual way (its header is the
-                # capture's parent, shared by them all): they cannot overtake earlier ones
-                task_header.pop("rto", None)
-                del header["cp"]
-                frames = self.session.build(msg_type, content, header=header, payload=payload)
-            if msg_type == "result":
-                if sum(memoryview(f).nbytes for f in frames) <= 1 << 20:
-                    self._recent.append(frames)
-                if self._hold():
-                    self._held.append(frames)
-                    self._waited += 1
-                    if len(self._held) == 1:
-                        self._held_event.set()
-                    return
-            if self._held:  # what was held goes first: order is kept
-                self._held.append(frames)
-                frames = self._take_held()
-            send_frames(self.out_sock, frames)
-
-    def _hold(self) -> bool:
-        """Hold a result back while at least as many tasks wait to run here as
-        results are held: the controller gets results in batches, early enough
-        to send the next tasks before this engine runs out."""
-        return self._waited < len(self._inbox) and len(self._held) < 64
-
-    def _take_held(self) -> list:
-        held, self._held = self._held, []
-        self._waited = 0
-        return batch(held)
-
-    def flush_results(self) -> None:
-        with self._out_lock:
-            if self._held:
-                send_frames(self.out_sock, self._take_held())
-
-    def _result_flusher(self) -> None:
-        """Held results go back within `HOLD` seconds, whatever the next task does."""
-        while not self._stop.is_set():
-            if not self._held_event.wait(0.5):
-                continue
-            self._held_event.clear()
-            time.sleep(HOLD)
-            try:
-                self.flush_results()
-            except zmq.ZMQError:  # closed at exit
-                return
 
     # --- main loop ---------------------------------------------------------
     def serve(self) -> None:
@@ -586,8 +520,8 @@ class Engine:
 _RUN_TASK_CODE = Engine.run_task.__code__
 _SEND_CODE = Engine.send.__code__
 # code an interrupt must not break into: the wire, output capture, pyzmq
-_CRITICAL = tuple(os.path.dirname(os.path.abspath(m.__file__)) for m in (zmq, wire_pkg)) + (
-    os.path.join(_HERE, "capture.py"),)
+_CRITICAL = tuple(os.path.dirname(os.path.abspath(m.__file__)) for m in (zmq, wire_pkg)) + tuple(
+    os.path.join(_HERE, name) for name in ("capture.py", "outgoing.py", "replies.py"))
 
 
 def _safe_str(value) -> str:
