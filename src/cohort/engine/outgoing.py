@@ -31,12 +31,14 @@ class Outgoing:
                 if self.replies.send(to, frames):
                     if msg_type == "result":
                         self._recent.append(frames)
-                    # nobody waits for the copy: it goes with the others held, in order
+                    # nobody waits for the copy: it goes with the others held, in order,
+                    # when the main loop next goes idle, or within HOLD if tasks wait
+                    # (not waking the flusher for every quick task's copy)
                     self._held.append(frames)
-                    if len(self._held) == 1:
-                        self._held_event.set()
-                    elif len(self._held) >= 64:
+                    if len(self._held) >= 64:
                         send_frames(self.out_sock, self._take_held())
+                    elif self._inbox and not self._held_event.is_set():
+                        self._held_event.set()
                     return
                 # this and the task's later messages go the usual way (its header is the
                 # capture's parent, shared by them all): they cannot overtake earlier ones
@@ -49,7 +51,7 @@ class Outgoing:
                 if self._hold():
                     self._held.append(frames)
                     self._waited += 1
-                    if len(self._held) == 1:
+                    if not self._held_event.is_set():
                         self._held_event.set()
                     return
             if self._held:  # what was held goes first: order is kept
