@@ -192,13 +192,13 @@ class Controller(RestartRecovery, ClientRequests):
         ignore the copy if it still comes."""
         hdr = msg.header
         task = TaskRecord(hdr["parent"], hdr["c"].encode(), hdr["e"], None, {})
-        self.records.submitted(task, hdr.get("k", "apply"), None, hdr["c"], when=hdr.get("sub"))
+        self.records.finished_unheard(task, hdr, msg.content, msg.frames)
         self.state.finished_elsewhere(task, hdr.get("status") == "ok")
         if len(self.done_first) >= 200_000:
             self._forget_done_first(float("inf"))
         self.done_first[task.id] = time.monotonic()
         self.act()
-        self.deliver(task, msg, direct)
+        self.deliver(task, msg, direct, record=False)
         if self.parked:
             self.unpark(task.id)
 
@@ -372,10 +372,11 @@ class Controller(RestartRecovery, ClientRequests):
         if task.header is not None:  # its data in shared memory will never be read
             shm.discard(task.header)
 
-    def deliver(self, task: TaskRecord, msg, direct: bool = False) -> None:
+    def deliver(self, task: TaskRecord, msg, direct: bool = False, record: bool = True) -> None:
         """Record an engine's result and pass it on to whoever waits for it
         (`direct`: the engine sent it to the task's client itself)."""
-        self.records.finished(task, msg.header, msg.content, msg.frames)
+        if record:
+            self.records.finished(task, msg.header, msg.content, msg.frames)
         receivers = [c for c in self._receivers(task, direct) if c in self.clients]
         if direct and "shm" in msg.header:  # its segments are its client's to map
             for ident in receivers:

@@ -47,12 +47,12 @@ class TaskLog:
         self._output: dict = {}  # task id -> {"stdout": [...], "stderr": [...], "n": chars}
 
     # --- writes (hot path: queue only) ----------------------------------------------
-    def submitted(self, task, kind: str, frames, session: str, when: float | None = None) -> None:
+    def submitted(self, task, kind: str, frames, session: str) -> None:
         blob = None if task.header is not None else pack_frames(frames[1:], self.max_blob)
         self.recorder.insert({
             "id": task.id, "client": session, "kind": kind, "grp": task.group,
             "state": "queued", "engine": None if task.lb else task.engine,
-            "submitted": when if isinstance(when, float) else time.time(), "policy": json.dumps(task.policy) if task.policy else None,
+            "submitted": time.time(), "policy": json.dumps(task.policy) if task.policy else None,
             "request": blob})
 
     def dispatched(self, task) -> None:
@@ -80,6 +80,18 @@ class TaskLog:
 
     def finished(self, task, header: dict, content: dict, frames) -> None:
         """The engine's result, as forwarded to the client."""
+        self.recorder.update(task.id, **self._outcome(task, header, content, frames))
+
+    def finished_unheard(self, task, header: dict, content: dict, frames) -> None:
+        """A task known only from its result (sent to its engine by its client, see
+        `hub.result_first`): its whole record at once."""
+        self.recorder.insert({
+            "id": task.id, "client": header.get("c"), "kind": header.get("k", "apply"),
+            "grp": None, "policy": None,
+            "submitted": header["sub"] if isinstance(header.get("sub"), float) else time.time(),
+            **self._outcome(task, header, content, frames)})
+
+    def _outcome(self, task, header: dict, content: dict, frames) -> dict:
         task_id = task.id
         ok = header.get("status") == "ok"
         fields = {"state": "done" if ok else "failed", "status": header.get("status"),
@@ -93,7 +105,7 @@ class TaskLog:
             fields["result"] = pack_frames(frames[1:], self.max_blob)
         fields.update(self._take_output(task_id))
         fields["request"] = None  # it will not run again
-        self.recorder.update(task_id, **fields)
+        return fields
 
     def failed(self, task, ename: str, evalue: str) -> None:
         """A failure decided by the controller (timeout, death, abort, cancel...)."""
