@@ -84,16 +84,12 @@ def _grow_buffers(sock) -> None:
 def send(sock, frames) -> bool:
     """Send one message (its frames) without waiting; False if it must go another
     way: too large, no room now (the reader is busy), or the peer is gone."""
-    head = [_U32.pack(len(frames))]
-    size = 0
-    for f in frames:
-        n = memoryview(f).nbytes
-        size += n
-        head.append(_U32.pack(n))
-    if size > RECORD_MAX:
+    sizes = [memoryview(f).nbytes for f in frames]
+    if sum(sizes) > RECORD_MAX:
         return False
     try:
-        sock.sendmsg([b"".join(head), *frames], [], socket.MSG_DONTWAIT)
+        sock.sendmsg([struct.pack(f"!{len(sizes) + 1}I", len(sizes), *sizes), *frames], [],
+                     socket.MSG_DONTWAIT)
     except OSError:  # no room now, too large, the peer gone, the socket closed
         return False
     return True
@@ -125,8 +121,7 @@ def _split(data: bytes):
         if count > 1024 or pos > len(view):
             return None
         frames = []
-        for i in range(count):
-            (n,) = _U32.unpack_from(view, 4 + 4 * i)
+        for n in struct.unpack_from(f"!{count}I", view, 4):
             frames.append(view[pos:pos + n])
             pos += n
         if pos != len(view):

@@ -184,7 +184,9 @@ class Session:
         h = _packb(header)
         hc = _HLEN.pack(len(h)) + h + _packb(content or {}) + inline
         signed = [hc]
-        signed.extend(bufs[i] for i in stream_indices(header.get("parts", ()), header.get("inl")))
+        if bufs:  # else every stream is inline: signed with the envelope
+            signed.extend(bufs[i] for i in stream_indices(header.get("parts", ()),
+                                                          header.get("inl")))
         return [DELIM, self._sign(signed) + hc, *bufs]
 
     def receive(self, frames, route: bool = True) -> "Message | None":
@@ -256,7 +258,7 @@ class Session:
             inl = header.get("inl")
             h = self._hmac.copy()
             h.update(hc)
-            if parts:
+            if parts and bufs:  # no buffers: every stream is inline, in `hc`
                 for i in stream_indices(parts, inl):
                     h.update(bufs[i])
             end = len(hc)
@@ -348,7 +350,7 @@ class Payload:
         self.inline = b"".join(inline)
         self.shared = shared
         self.shm = None
-        if shm_ok and shm.enabled():
+        if shm_ok and bufs and shm.enabled():
             hdr: dict = {}
             bufs = shm.offload(bufs, set(stream_indices(parts, self.inl)), hdr)
             self.shm = hdr.get("shm")
