@@ -38,7 +38,8 @@ class OutputCapture:
 
     def begin(self, parent: dict) -> None:
         """A task starts: what is written from now on is its output."""
-        self.flush()
+        if self._unsent():  # written since the last task ended (by a thread of its own)
+            self.flush()
         with self._lock:
             self.parent = parent
             self._task_chars = self._dropped = 0
@@ -50,7 +51,13 @@ class OutputCapture:
                 self._pending.append(["stderr", f"\n[cohort: {self._dropped} more characters of output "
                                       f"were dropped; a task sends at most {self.max_task_output}]\n"])
                 self._dropped = 0
-        self.flush()
+        if self._unsent():
+            self.flush()
+
+    def _unsent(self) -> bool:
+        """Output waits to be sent, or the output thread is sending some (in that
+        order: it takes what waits, then sends it, holding `_sending`)."""
+        return bool(self._pending) or self._sending.locked()
 
     def write(self, name: str, text: str) -> None:
         with self._lock:
