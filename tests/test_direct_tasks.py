@@ -100,6 +100,16 @@ def test_an_engine_killed_during_a_task_sent_straight_fails_it(make_cluster):
         ar.get(timeout=15)
 
 
+def test_an_engine_killed_before_the_controller_heard_of_the_task_fails_it(make_cluster):
+    cl = make_cluster(n=1)
+    rc = cl.client
+    _warm(rc)
+    ar = rc[0].execute("import time; time.sleep(60)")
+    os.kill(rc.engines[0]["pid"], signal.SIGKILL)  # within its copy's 20 ms, most likely
+    with pytest.raises(cohort.EngineError, match="engine 0"):
+        ar.get(timeout=15)
+
+
 def test_tasks_beyond_the_window_wait_at_the_controller_and_run_in_order(rc):
     _warm(rc)
     rc[0].execute("order = []", block=True)

@@ -25,7 +25,7 @@ import zmq
 from ..wire import local
 
 WINDOW = 8  # tasks a client has sent an engine straight, unanswered, at most
-COPY_DELAY = 0.02  # seconds a copy for the controller waits for the task's result (see hold_copy)
+COPY_DELAY = 0.02  # seconds a copy for the controller waits for the task's result (see send)
 
 
 class DirectTasks:

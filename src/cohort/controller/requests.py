@@ -17,7 +17,6 @@ from .state import TaskRecord
 log = logging.getLogger(__name__)
 
 
-
 class ClientRequests:
     """What the controller does with each message on its client socket."""
 
@@ -70,6 +69,10 @@ class ClientRequests:
                 self.state.adopt(task)
             send_now = not sent and self.state.submit(task)
         except (KeyError, TypeError):  # unknown (or unhashable) target
+            if sent and target in self.state.retired:  # it went before we heard of the task
+                return self.fail_task(task, "EngineError",
+                                      f"engine {target} left while task {task.id}, sent to it "
+                                      f"directly, was running or waiting there", target)
             return self.fail_task(task, "EngineError",
                                   f"engine {target} is not connected (connected: "
                                   f"{sorted(self.state.engines)})", target)
