@@ -273,3 +273,28 @@ def test_connecting_to_an_engine_too_busy_to_accept_never_waits():
             if s is not None:
                 s.close()
         listener.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
+def test_an_engine_inbox_accepts_only_its_own_users_processes():
+    listener, address = local.listen()
+    try:
+        pid = os.fork()
+        if pid == 0:  # another user on the same host
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                sock = local.connect(address)
+                os._exit(0 if sock is not None else 3)
+            except BaseException:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0  # the connection itself is made...
+        assert local.accept(listener) == []  # ...and refused at once
+        mine = local.connect(address)
+        (conn,) = local.accept(listener)  # this user's process is accepted
+        assert local.peer_uid(conn) == os.geteuid()
+        conn.close()
+        mine.close()
+    finally:
+        listener.close()

@@ -12,7 +12,9 @@ order), then the frames. Seqpacket sockets keep records whole, so any thread
 may send or receive one, and a send that does not fit fails at once
 (``MSG_DONTWAIT``) instead of blocking: the caller then takes the usual way.
 Addresses are Linux abstract socket names (``local:@name``), gone with the
-socket that bound them.
+socket that bound them; they have no file permissions, so a listener accepts
+only processes of its own user (``SO_PEERCRED``), and every message is
+signed as on any other socket.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import struct
 RECORD_MAX = 128 * 1024  # bytes a message may have to travel this way
 PREFIX = "local:@"
 _U32 = struct.Struct("!I")
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def supported() -> bool:
@@ -44,18 +47,30 @@ def listen() -> tuple:
 
 
 def accept(listener) -> list:
-    """The connections waiting on `listener`, non-blocking."""
+    """The connections waiting on `listener`, non-blocking; only from processes of
+    this user (an abstract name has no file permissions to keep others out)."""
     out = []
     while True:
         try:
             conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
+        except OSError:  # none waiting (BlockingIOError), or out of descriptors
             return out
-        except OSError:
-            return out
+        if peer_uid(conn) != os.geteuid():
+            conn.close()
+            continue
         conn.setblocking(False)
         _grow_buffers(conn)
         out.append(conn)
+
+
+def peer_uid(conn) -> int | None:
+    """The user id of the process at the other end of a Unix socket."""
+    try:
+        _pid, uid, _gid = _CRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    except (OSError, AttributeError):
+        return None
+    return uid
 
 
 def connect(address: str):
