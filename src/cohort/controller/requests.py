@@ -89,13 +89,20 @@ class ClientRequests:
         copy tells us soon. True if parked (`unpark` or `expire_unheard` goes on)."""
         self._recall_outcomes(deps)
         for dep in deps:
-            if isinstance(dep, str) and dep not in self.state.tasks \
-                    and dep not in self.state.outcomes and dep not in self.held \
-                    and dep.rpartition("-")[0].encode() in self.clients:
+            if dep not in self.state.tasks and dep not in self.state.outcomes \
+                    and dep not in self.held and self._may_come(dep):
                 self.parked.setdefault(dep, []).append(msg)
-                self.unheard.setdefault(dep, time.monotonic())
                 return True
         return False
+
+    def _may_come(self, tid) -> bool:
+        """A connected client's task we have not heard of may be one it sent an engine
+        itself: its copy (within COPY_DELAY, client/direct.py) or its result tells us.
+        If so, note when we started waiting (`expire_unheard` ends the wait)."""
+        if not (isinstance(tid, str) and tid.rpartition("-")[0].encode() in self.clients):
+            return False
+        self.unheard.setdefault(tid, time.monotonic())
+        return True
 
     def unpark(self, task_id: str) -> None:
         """Task `task_id` is known now: tasks that waited to hear of it go on."""
@@ -179,12 +186,8 @@ class ClientRequests:
             self.watchers.setdefault(tid, set()).add(ident)
             return
         row = self.records.get(tid)
-        if row is None and isinstance(tid, str) and \
-                tid.rpartition("-")[0].encode() in self.clients:
-            # a connected client's task we have not heard of: one it sent an engine itself
-            # tells us within COPY_DELAY (client/direct.py), or its result does
+        if row is None and self._may_come(tid):
             self.watchers.setdefault(tid, set()).add(ident)
-            self.unheard[tid] = time.monotonic()
             return
         if row is None:
             return self._no_such_task(ident, tid)
