@@ -23,6 +23,7 @@ import ast
 import builtins
 import linecache
 import logging
+import math
 import os
 import signal
 import socket
@@ -89,6 +90,8 @@ class Engine(Outgoing):
         self._inbox: deque = deque()  # received tasks not run yet
         self._held: list = []         # results not sent yet (frame lists), under _out_lock
         self._waited = 0              # how many of them go to their clients through the controller
+        self._lazy = True             # all of them copies that may wait (see Outgoing.send)
+        self._flush_at = math.inf     # when the result flusher sends them (monotonic)
         self._held_event = threading.Event()
 
     # --- connection --------------------------------------------------------
@@ -195,7 +198,7 @@ class Engine(Outgoing):
             while not self._stop.is_set():
                 if not inbox:
                     try:
-                        self.flush_results()
+                        self.flush_results(idle=True)
                         ready = poller.poll(200)
                         if not ready:
                             continue

@@ -7,6 +7,7 @@ Mixed into `kernel.Engine` (needs its sockets, `session`, `replies`, `_inbox`,
 
 from __future__ import annotations
 
+import math
 import time
 
 import zmq
@@ -14,6 +15,11 @@ import zmq
 from ..wire import Payload, batch, send_frames
 
 HOLD = 0.002  # seconds a finished task's result may wait to go back with others
+# The controller's copies of quick direct tasks' outcomes (it learns of such a task
+# from them alone) travel in batches within COPY_HOLD: a record a little later, for
+# a controller woken once per batch instead of once per call.
+COPY_HOLD = 0.02
+UNHEARD_AGE = 0.015  # seconds: younger than the client's COPY_DELAY, with a margin
 
 
 class Outgoing:
@@ -31,14 +37,16 @@ class Outgoing:
                 if self.replies.send(to, frames):
                     if msg_type == "result":
                         self._recent.append(frames)
-                    # nobody waits for the copy: it goes with the others held, in order,
-                    # when the main loop next goes idle, or within HOLD if tasks wait
-                    # (not waking the flusher for every quick task's copy)
+                    # nobody waits for the copy: it goes with the others held, in order
                     self._held.append(frames)
                     if len(self._held) >= 64:
                         send_frames(self.out_sock, self._take_held())
-                    elif self._inbox and not self._held_event.is_set():
-                        self._held_event.set()
+                    elif self._inbox:  # within HOLD, with the results of the tasks waiting
+                        self._flush_within(HOLD)
+                    elif self._unheard(header):  # a batch within COPY_HOLD will do
+                        self._flush_within(COPY_HOLD)
+                    else:  # the controller tracks the task: when the main loop next goes idle
+                        self._lazy = False
                     return
                 # this and the task's later messages go the usual way (its header is the
                 # capture's parent, shared by them all): they cannot overtake earlier ones
@@ -51,13 +59,28 @@ class Outgoing:
                 if self._hold():
                     self._held.append(frames)
                     self._waited += 1
-                    if not self._held_event.is_set():
-                        self._held_event.set()
+                    self._lazy = False
+                    self._flush_within(HOLD)
                     return
             if self._held:  # what was held goes first: order is kept
                 self._held.append(frames)
                 frames = self._take_held()
             send_frames(self.out_sock, frames)
+
+    @staticmethod
+    def _unheard(header: dict) -> bool:
+        """A task sent here directly whose client, by the look of its age, has not
+        sent the controller its copy yet (client/direct.py): the controller does
+        not know of it, so nothing there waits for this copy of its outcome."""
+        sub = header.get("sub")
+        return isinstance(sub, float) and time.time() - sub < UNHEARD_AGE
+
+    def _flush_within(self, seconds: float) -> None:
+        """Have the result flusher send what is held within `seconds` at most."""
+        at = time.monotonic() + seconds
+        if at < self._flush_at:
+            self._flush_at = at
+            self._held_event.set()
 
     def _hold(self) -> bool:
         """Hold a result back while at least as many tasks wait to run here as
@@ -68,20 +91,25 @@ class Outgoing:
     def _take_held(self) -> list:
         held, self._held = self._held, []
         self._waited = 0
+        self._lazy = True
+        self._flush_at = math.inf
         return batch(held)
 
-    def flush_results(self) -> None:
+    def flush_results(self, idle: bool = False) -> None:
+        """Send what is held (`idle`: unless it is only copies that may wait)."""
         with self._out_lock:
-            if self._held:
+            if self._held and not (idle and self._lazy):
                 send_frames(self.out_sock, self._take_held())
 
     def _result_flusher(self) -> None:
-        """Held results go back within `HOLD` seconds, whatever the next task does."""
+        """Held messages go by the time `_flush_within` set, whatever the next task does."""
         while not self._stop.is_set():
-            if not self._held_event.wait(0.5):
+            at = self._flush_at
+            wait = 0.5 if at == math.inf else at - time.monotonic()
+            if wait > 0:
+                self._held_event.wait(wait)  # set when an earlier time is set
+                self._held_event.clear()
                 continue
-            self._held_event.clear()
-            time.sleep(HOLD)
             try:
                 self.flush_results()
             except zmq.ZMQError:  # closed at exit
