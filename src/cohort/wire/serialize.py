@@ -34,10 +34,19 @@ def _plain(obj, budget: list) -> bool:
     if budget[0] < 0:
         return False
     if t is tuple or t is list:
-        return len(obj) <= 16 and all(_plain(x, budget) for x in obj)
+        if len(obj) > 16:
+            return False
+        for x in obj:  # a loop, not all(...): this runs for every small call
+            if type(x) not in _PLAIN and not _plain(x, budget):
+                return False
+        return True
     if t is dict:
-        return len(obj) <= 16 and all(_plain(k, budget) and _plain(v, budget)
-                                      for k, v in obj.items())
+        if len(obj) > 16:
+            return False
+        for k, v in obj.items():
+            if not (_plain(k, budget) and _plain(v, budget)):
+                return False
+        return True
     return False
 
 
