@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -298,3 +299,48 @@ def test_an_engine_inbox_accepts_only_its_own_users_processes():
         mine.close()
     finally:
         listener.close()
+
+
+# --- a waiting thread's own channel ----------------------------------------------
+def test_a_blocking_call_is_answered_over_the_callers_own_channel(rc, capsys):
+    _warm(rc)
+    rc[0].execute("print('over the channel')", block=True)
+    assert len(rc._direct._channels[0]) == 1  # used, and back for the next call
+    assert "over the channel" in capsys.readouterr().out  # its output, shown as it came
+    assert rc[0].apply_sync(lambda x: x + 1, 41) == 42
+    assert len(rc._direct._channels[0]) == 1  # the same one again
+    wait_until(lambda: "over the channel\n" in [r["stdout"] for r in rc.tasks(engine=0)],
+               timeout=10, msg="the call recorded with its output")
+
+
+def test_a_blocking_call_answered_through_the_controller_wakes_its_caller(rc):
+    _warm(rc)
+    blob = os.urandom(local.RECORD_MAX + 1)
+    rc[0].execute(f"blob = bytes(range(256)) * {len(blob) // 256 + 1}", block=True)
+    # the call goes over the channel; its answer is too large for it
+    assert len(rc[0].pull("blob", block=True)) >= len(blob)
+    assert len(rc._direct._channels[0]) == 1
+    assert rc[0].apply_sync(lambda: "next") == "next"
+
+
+def test_a_wait_cut_short_leaves_the_answer_to_the_io_thread(rc):
+    _warm(rc)
+    threading.Timer(0.5, signal.pthread_kill, (threading.main_thread().ident,
+                                               signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        rc[0].execute("import time; time.sleep(1.5); late = 'ran'", block=True)
+    assert len(rc._direct._adopted[0]) == 1  # the I/O thread reads that channel now
+    assert rc[0].apply_sync(lambda: "meanwhile") == "meanwhile"  # after it, in order
+    assert rc[0].pull("late", block=True) == "ran"
+    wait_until(lambda: not rc._pending, timeout=10, msg="the cut-short call answered")
+    assert rc[0].apply_sync(lambda: "again") == "again"
+
+
+def test_an_engine_killed_during_a_blocking_call_fails_it(make_cluster):
+    cl = make_cluster(n=1)
+    rc = cl.client
+    _warm(rc)
+    pid = rc.engines[0]["pid"]
+    threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+    with pytest.raises(cohort.EngineError, match="engine 0"):
+        rc[0].execute("import time; time.sleep(60)", block=True)

@@ -8,6 +8,11 @@ and the task records work as for any task, while the task itself skips the
 hop through the controller, and its output and result come back over the
 same socket. A small call then never waits for the controller at all.
 
+A thread that will wait for its call (``block=True`` on one engine) sends it
+over a socket of its own to that engine (a *channel*, see `channel`) and reads
+the answer there itself: the answer wakes the waiting thread directly, not
+the client's I/O thread, which would then have to wake it in turn.
+
 At most `WINDOW` of a client's tasks are out on an engine this way; more wait
 at the controller as usual (so `cancel` can still withdraw them). Order is
 kept per engine: while a task this client sent an engine through the
@@ -18,6 +23,9 @@ many were (``after_dq``), so that the engine runs those first.
 
 from __future__ import annotations
 
+import os
+import select
+import threading
 import time
 
 import zmq
@@ -38,7 +46,11 @@ class DirectTasks:
         self.hostname = hostname
         self.enabled = enabled
         self._socks: dict = {}            # engine id -> local socket to its task inbox
-        self.fds: dict = {}               # its descriptor -> engine id (the I/O thread polls them)
+        self.fds: dict = {}               # descriptor -> engine id, of the sockets the I/O thread polls
+        self._readers: dict = {}          # those descriptors -> their sockets
+        self._address: dict = {}          # engine id -> its task inbox's address
+        self._channels: dict = {}         # engine id -> [channels not in use] (see `channel`)
+        self._adopted: dict = {}          # engine id -> [channels handed to the I/O thread]
         self.changed = False              # sockets opened or closed since the I/O thread looked
         self._sent: dict = {}             # engine id -> tasks sent it straight so far
         self._out: dict = {}              # engine id -> ids of those not answered yet
@@ -56,24 +68,35 @@ class DirectTasks:
         if sock is None:
             return
         self._socks[eid] = sock
-        self.fds[sock.fileno()] = eid
-        self.changed = True
+        self._address[eid] = engine.get("tasks")
+        self._read(eid, sock)
         for table in (self._out, self._via_controller):
             table.setdefault(eid, set())
         self._sent.setdefault(eid, 0)
 
+    def _read(self, eid, sock) -> None:
+        """Have the I/O thread read `sock` (engine `eid`'s)."""
+        self.fds[sock.fileno()] = eid
+        self._readers[sock.fileno()] = sock
+        self.changed = True
+
     def close(self, eid) -> None:
+        for channel in self._channels.pop(eid, []):
+            channel.close()
+        socks = self._adopted.pop(eid, [])
         sock = self._socks.pop(eid, None)
-        if sock is not None:
-            self.fds.pop(sock.fileno(), None)
-            self.changed = True
+        for sock in socks + ([sock] if sock is not None else []):
+            if self._readers.pop(sock.fileno(), None) is not None:
+                self.fds.pop(sock.fileno(), None)
+                self.changed = True
             sock.close()
 
     def close_all(self) -> list:
         """Close every socket; return the messages still unread on them."""
         unread = []
+        for sock in list(self._readers.values()):
+            unread.extend(local.receive(sock)[0])
         for eid in list(self._socks):
-            unread.extend(local.receive(self._socks[eid])[0])
             self.close(eid)
         return unread
 
@@ -89,10 +112,40 @@ class DirectTasks:
 
     def receive(self, fd) -> tuple:
         """(the messages engine `fds[fd]` sent back, False if it is gone) (the I/O thread's)."""
-        eid = self.fds.get(fd)
-        if eid is None:
+        sock = self._readers.get(fd)
+        if sock is None:
             return [], True
-        return local.receive(self._socks[eid])
+        return local.receive(sock)
+
+    # --- channels: a waiting thread's own socket to an engine -----------------
+    def channel(self, eid):
+        """A socket to engine `eid` for one task the calling thread will wait for
+        reading it (`local.receive(sock, wait=True)`), or None: no direct path,
+        or tasks of this client still out there (it could overtake them).
+        Give it back with `give_back`, or `adopt` if the wait was cut short."""
+        if eid not in self._socks or self._out[eid] or self._via_controller.get(eid):
+            return None
+        free = self._channels.get(eid)
+        if free:
+            return free.pop()
+        sock = local.connect(self._address[eid])
+        return Channel(sock) if sock is not None else None
+
+    def give_back(self, eid, channel) -> None:
+        if eid in self._socks:
+            self._channels.setdefault(eid, []).append(channel)
+        else:  # the engine left meanwhile
+            channel.close()
+
+    def adopt(self, eid, channel) -> None:
+        """A channel whose answer nobody reads now (the wait was interrupted): the
+        I/O thread reads its socket from now on, as any socket to an engine."""
+        sock = channel.detach()
+        if eid not in self._socks:
+            sock.close()
+            return
+        self._adopted.setdefault(eid, []).append(sock)
+        self._read(eid, sock)
 
     def plan(self, eid) -> tuple:
         """(send straight?, header fields) for this client's next task for engine `eid`.
@@ -112,9 +165,10 @@ class DirectTasks:
         n = self._sent.get(eid, 0)
         return {"after_dq": n} if n else {}
 
-    def send(self, eid, task_id: str, frames: list) -> bool:
-        """Send a task straight to engine `eid` (as `plan` said); False if it cannot
-        go now (too large, the engine's inbox is full, or it is gone).
+    def send(self, eid, task_id: str, frames: list, channel=None) -> bool:
+        """Send a task straight to engine `eid` (as `plan` said; over `channel` if
+        given); False if it cannot go now (too large, the engine's inbox is full,
+        or it is gone).
 
         The controller's copy of the task is kept back (`due_copies`): if the
         result comes within `COPY_DELAY`, it is never sent (the engine's copy
@@ -123,7 +177,7 @@ class DirectTasks:
         self._engine_of[task_id] = eid
         self._out[eid].add(task_id)
         self._copies[task_id] = (frames, time.monotonic())  # the controller's, for later
-        if not local.send(self._socks[eid], frames):
+        if not local.send(self._socks[eid] if channel is None else channel.sock, frames):
             self.answered(task_id)
             return False
         self._sent[eid] += 1
@@ -174,3 +228,47 @@ class DirectTasks:
         """Every task was failed (the controller was lost): none holds back later ones."""
         for task_id in list(self._engine_of):
             self.answered(task_id)
+
+
+class Channel:
+    """A thread's own socket to an engine, for a task it waits for (see
+    `DirectTasks.channel`), and a pipe that wakes it if the answer comes
+    another way instead (through the controller: too large, say)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self._wake_r, self._wake_w = os.pipe()
+        self._poller = select.poll()
+        for fd in (sock.fileno(), self._wake_r):
+            self._poller.register(fd, select.POLLIN)
+
+    def wait(self, done, handle) -> bool:
+        """Read and `handle` what comes until `done` (an AsyncResult) is; False if
+        the engine is gone (the controller says what became of the task)."""
+        me = threading.get_ident()
+
+        def wake(_):
+            if threading.get_ident() != me:  # answered another way: stop reading
+                os.write(self._wake_w, b"!")
+
+        done.add_done_callback(wake)
+        while not done.done():
+            for fd, _ in self._poller.poll():
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 64)
+                    continue
+                messages, alive = local.receive(self.sock)
+                for frames in messages:
+                    handle(frames)
+                if not alive:
+                    return False
+        return True
+
+    def detach(self):
+        """The socket, for the I/O thread to read; the rest is closed."""
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        return self.sock
+
+    def close(self) -> None:
+        self.detach().close()

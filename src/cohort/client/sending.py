@@ -50,20 +50,28 @@ class Sending:
         if queued:
             send_frames(self._send_sock, batch(queued))
 
-    def _send_tasks(self, kind: str, content, tasks: list) -> None:
+    def _send_tasks(self, kind: str, content, tasks: list, wait: bool = False):
         """Send (engine id, header, payload) tasks: each straight to its engine when
         it is on this host, with a copy to the controller (client/direct.py), the
-        rest through the controller."""
+        rest through the controller.
+
+        `wait` (one task, whose answer the calling thread will wait for): return
+        the channel it went over, for `_wait_on`, if it went over one."""
         if self._closed:
             raise ControllerError("this client is closed")
         with self._send_lock:
             routed = []
             for eid, header, payload in tasks:
                 straight, fields = self._direct.plan(eid)
+                channel = self._direct.channel(eid) if wait and straight else None
                 header.update(fields)
                 frames = self.session.build(kind, content, header=header, payload=payload)
-                if straight and self._direct.send(eid, header["id"], frames):
+                if straight and self._direct.send(eid, header["id"], frames, channel):
+                    if channel is not None:
+                        return eid, channel
                     continue
+                if channel is not None:
+                    self._direct.give_back(eid, channel)
                 if straight:  # too large, or no room there now: after those that went
                     del header["dq"]
                     header.update(self._direct.behind(eid))
@@ -72,14 +80,34 @@ class Sending:
                 routed.append(frames)
             if routed:
                 self._flush_locked(routed)
+        return None
+
+    def _wait_on(self, sent, ar) -> None:
+        """Wait for `ar` (one task, `sent` over a channel by `_send_tasks`) reading
+        its answer from that channel: the calling thread is woken by the engine
+        itself. If the wait is cut short (an interrupt), the I/O thread takes over."""
+        eid, channel = sent
+        try:
+            alive = channel.wait(ar, self._handle_all)
+        except BaseException:
+            with self._send_lock:
+                self._direct.adopt(eid, channel)
+            os.write(self._wake_w, b"!")
+            raise
+        with self._send_lock:
+            if alive:
+                self._direct.give_back(eid, channel)
+            else:  # the engine is gone: the controller says what became of the task
+                channel.close()
 
     def _send_copies(self, copies: list) -> None:
         """The controller's copies of tasks sent straight to engines (send lock held)."""
         send_frames(self._send_sock, [COPY, *batch(copies)])
 
     def _submit(self, kind: str, targets: list, content=None, objects=(), single=False,
-                reduce=None, per_target=None) -> AsyncResult:
-        """Send one task per target engine; return their joint AsyncResult."""
+                reduce=None, per_target=None, wait=False) -> AsyncResult:
+        """Send one task per target engine; return their joint AsyncResult
+        (`wait`: the caller waits for it; done if it could be waited for here)."""
         shared = self._shared_payloads(objects, targets) if per_target is None and objects else {}
         tasks, ids = [], []
         for eid in targets:
@@ -100,10 +128,12 @@ class Sending:
                 self._pending[mid] = (ar, i)
         if tasks:
             try:
-                self._send_tasks(kind, content, tasks)
+                sent = self._send_tasks(kind, content, tasks, wait=wait and len(tasks) == 1)
             except Exception:
                 self._unpend(ids)
                 raise
+            if sent is not None:
+                self._wait_on(sent, ar)
         return ar
 
     def _unpend(self, ids) -> None:

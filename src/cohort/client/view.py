@@ -69,9 +69,10 @@ class DirectView:
     def _call(self, kind, content=None, objects=(), targets=None, block=None, reduce=None,
               per_target=None):
         ids, single = self._resolve(targets)
+        block = self.block if block is None else block
         ar = self.client._submit(kind, ids, content, objects, single=single, reduce=reduce,
-                                 per_target=per_target)
-        if self.block if block is None else block:
+                                 per_target=per_target, wait=block)
+        if block:
             return ar.get()
         return ar
 

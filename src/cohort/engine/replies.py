@@ -75,8 +75,9 @@ class DirectInbox:
                         continue
                     hdr["dt"] = 1      # its result tells the controller so
                     hdr["rto"] = conn  # and goes back this way when it can
-                    if isinstance(hdr.get("dq"), int):
-                        self.seen[hdr.get("s")] = hdr["dq"]
+                    dq = hdr.get("dq")
+                    if isinstance(dq, int) and dq > self.seen.get(hdr.get("s"), 0):
+                        self.seen[hdr.get("s")] = dq  # (its tasks come over two sockets)
                     out.append(msg)
             if not alive:  # the client left
                 for poller in self.pollers:
