@@ -306,7 +306,7 @@ class Engine(Outgoing):
             frames = serialize(value)
         except Exception:  # reported by send() as a result that could not be sent back
             return value
-        size = sum(memoryview(f).nbytes for f in frames)
+        size = len(frames[0]) if len(frames) == 1 else sum(memoryview(f).nbytes for f in frames)
         if size <= self.info.store_threshold:
             return Serialized(frames)
         from .. import store

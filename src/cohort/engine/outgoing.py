@@ -28,8 +28,8 @@ class Outgoing:
     def send(self, msg_type: str, content=None, objects=(), header=None, shm_ok=False) -> None:
         to = header.get("rto") if header else None  # its client waits for it directly
         if to is not None:  # "cp": the controller's copy, to record, not to pass on
-            task_header, header = header, {k: v for k, v in header.items() if k != "rto"}
-            header["cp"] = 1
+            task_header, header = header, dict(header, cp=1)
+            del header["rto"]
         payload = Payload(objects, shm_ok=shm_ok) if objects else None  # serialized once
         frames = self.session.build(msg_type, content, header=header, payload=payload)
         with self._out_lock:
@@ -77,6 +77,8 @@ class Outgoing:
 
     def _flush_within(self, seconds: float) -> None:
         """Have the result flusher send what is held within `seconds` at most."""
+        if self._flush_at != math.inf and seconds >= COPY_HOLD:
+            return  # it has a time, no later than this would be
         at = time.monotonic() + seconds
         if at < self._flush_at:
             self._flush_at = at
