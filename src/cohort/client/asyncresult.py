@@ -68,10 +68,10 @@ class AsyncResult(Waiting, Future):
         self._values = [None] * n
         self._errors: list = [None] * n
         self._headers: list = [None] * n
-        self._outputs = [{"stdout": [], "stderr": []} for _ in range(n)]
+        self._outputs = None    # per engine {"stdout": [...], "stderr": [...]}, once any came
         self._exec_results: list = [None] * n
         self._exec_counts: list = [None] * n
-        self._displays: list = [[] for _ in range(n)]
+        self._displays = None   # per engine [rich output], once any came
         self._events: list = []  # (index, "stdout" | "stderr" | "display", text or content), in order
         self.quiet = False      # True: the client does not print its output as it comes (%px shows it)
         self._left = n
@@ -107,11 +107,11 @@ class AsyncResult(Waiting, Future):
             self._parent._retrying()
 
     def _stream(self, index: int, name: str, text: str) -> None:
-        self._outputs[index][name].append(text)
+        self._output_lists()[index][name].append(text)
         self._events.append((index, name, text))
 
     def _display(self, index: int, content: dict) -> None:
-        self._displays[index].append(content)
+        self._display_lists()[index].append(content)
         self._events.append((index, "display", content))
 
     def _finish(self) -> None:
@@ -185,17 +185,27 @@ class AsyncResult(Waiting, Future):
         return dict(zip(self.targets, self._values))
 
     # --- output and timings ------------------------------------------------
+    def _output_lists(self) -> list:
+        if self._outputs is None:  # made on demand: most calls print nothing
+            self._outputs = [{"stdout": [], "stderr": []} for _ in self.msg_ids]
+        return self._outputs
+
+    def _display_lists(self) -> list:
+        if self._displays is None:
+            self._displays = [[] for _ in self.msg_ids]
+        return self._displays
+
     def _per_engine(self, values):
         return values[0] if self._single else list(values)
 
     @property
     def stdout(self):
         """Captured stdout: a string for one engine, else a list per engine."""
-        return self._per_engine(["".join(o["stdout"]) for o in self._outputs])
+        return self._per_engine(["".join(o["stdout"]) for o in self._output_lists()])
 
     @property
     def stderr(self):
-        return self._per_engine(["".join(o["stderr"]) for o in self._outputs])
+        return self._per_engine(["".join(o["stderr"]) for o in self._output_lists()])
 
     @property
     def execute_result(self):
@@ -208,7 +218,7 @@ class AsyncResult(Waiting, Future):
         ``{"data": {mime: ...}, "metadata": {...}}`` dicts, a list for one
         engine, else a list per engine. ``"result": True`` marks the rich
         value of a cell's last expression."""
-        return self._per_engine([list(d) for d in self._displays])
+        return self._per_engine([list(d) for d in self._display_lists()])
 
     @property
     def execution_count(self):
@@ -265,7 +275,7 @@ class AsyncResult(Waiting, Future):
                 pxdisplay.show_result(self)
                 return
         file = file or sys.stdout
-        for eid, out in zip(self.targets, self._outputs):
+        for eid, out in zip(self.targets, self._output_lists()):
             for name in ("stdout", "stderr"):
                 text = "".join(out[name])
                 if text:

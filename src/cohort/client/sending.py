@@ -168,6 +168,9 @@ class Sending:
 
     def _shared_payloads(self, objects, targets) -> dict:
         """{True: payload for engines sharing our memory, False: for the rest}."""
+        if len(targets) == 1:
+            use_shm = self._shm_with(targets[0])
+            return {use_shm: Payload(objects, shm_ok=use_shm)}
         n_shm = sum(self._shm_with(t) for t in targets)
         out = {}
         if n_shm:

@@ -244,12 +244,17 @@ class Engine(Outgoing):
                 shm.discard(hdr)
                 return
             self.current = task_id
-        client = hdr["s"]
-        parent = {"parent": task_id, "c": client, "e": self.id}
         if "dt" in hdr:  # sent here by its client: the controller may learn of it by its result
-            parent.update(dt=1, k=hdr["t"], sub=hdr.get("ts"))
-        with self._out_lock:  # its client may get its output directly
-            to = self.replies.route(hdr, busy=bool(self._inbox))
+            parent = {"parent": task_id, "c": hdr["s"], "e": self.id, "dt": 1, "k": hdr["t"],
+                      "sub": hdr.get("ts")}
+        else:
+            parent = {"parent": task_id, "c": hdr["s"], "e": self.id}
+        to = hdr.get("rto")
+        if to is None or isinstance(to, str):  # came through the controller
+            with self._out_lock:  # its client may get its output directly
+                to = self.replies.route(hdr, busy=bool(self._inbox))
+        elif to.fileno() < 0:  # over a local socket, since closed: the usual way
+            to = None
         if to is not None:
             parent["rto"] = to
         self.capture.begin(parent)

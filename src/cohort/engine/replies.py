@@ -123,16 +123,15 @@ class DirectReplies:
         self._socks: OrderedDict = OrderedDict()
 
     def route(self, header: dict, busy: bool = False):
-        """Where this task's client gets its output directly, or None (the usual way).
+        """Where this task (sent by the controller) gets its output directly, or None
+        (the usual way). (One sent over a local socket goes back over it: see
+        `Engine.run_task`.)
 
-        A task that came over a local socket goes back over it. Otherwise only
-        the only task here (`busy`: others wait; their results go back in
+        Only the only task here (`busy`: others wait; their results go back in
         batches) of a client on this host; a client's first task goes the
         usual way while the connection to it is made, so that no task's
         messages take both ways out of order."""
         to = header.get("rto")
-        if not isinstance(to, str) and to is not None:  # the task came over a local socket
-            return to if to.fileno() >= 0 else None
         if busy or not (isinstance(to, str) and to.startswith(_LOOPBACK) and not header.get("lb")
                 and header.get("rh") == self.hostname):
             return None

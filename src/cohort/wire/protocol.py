@@ -47,6 +47,7 @@ import time
 from hashlib import sha256
 
 import msgpack
+import zmq
 
 from . import shm
 from .serialize import Serialized, deserialize, serialize
@@ -62,6 +63,7 @@ _SIGLEN = 32
 _HLEN = struct.Struct("!I")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
+_EMPTY_MAP = _packb({})
 _unpackb = msgpack.unpackb
 
 
@@ -156,12 +158,6 @@ class Session:
     def msg_id(self) -> str:
         return f"{self.id}-{next(self._counter)}"
 
-    def _sign(self, parts) -> bytes:
-        h = self._hmac.copy()
-        for p in parts:
-            h.update(p)
-        return h.digest()
-
     def build(self, msg_type: str, content: dict | None = None, objects=(),
               header: dict | None = None, shm_ok: bool = False,
               payload: "Payload | None" = None) -> list:
@@ -193,12 +189,14 @@ class Session:
 
     def frames_for(self, header: dict, content: dict | None, bufs=(), inline=b"") -> list:
         h = _packb(header)
-        hc = _HLEN.pack(len(h)) + h + _packb(content or {}) + inline
-        signed = [hc]
-        if bufs:  # else every stream is inline: signed with the envelope
-            signed.extend(bufs[i] for i in stream_indices(header.get("parts", ()),
-                                                          header.get("inl")))
-        return [DELIM, self._sign(signed) + hc, *bufs]
+        hc = b"".join((_HLEN.pack(len(h)), h, _packb(content) if content else _EMPTY_MAP, inline))
+        mac = self._hmac.copy()
+        mac.update(hc)
+        if not bufs:  # every stream is inline: signed with the envelope
+            return [DELIM, mac.digest() + hc]
+        for i in stream_indices(header.get("parts", ()), header.get("inl")):
+            mac.update(bufs[i])
+        return [DELIM, mac.digest() + hc, *bufs]
 
     def receive(self, frames, route: bool = True) -> "Message | None":
         """`unpack`, but an invalid message is logged and dropped (None)."""
@@ -247,11 +245,11 @@ class Session:
 
     def _single(self, frames, pos: int) -> Message:
         """The one message whose delimiter is at `pos`."""
-        idents = [_bytes(f) for f in frames[:pos]]
-        rest = frames[pos + 1:]
-        if not rest:
+        if len(frames) < pos + 2:
             raise InvalidMessage("truncated message (nothing after the delimiter)")
-        return self._decode(idents, _bytes(rest[0]), [_view(f) for f in rest[1:]], frames[pos:])
+        idents = [_bytes(f) for f in frames[:pos]] if pos else []
+        bufs = [_view(f) for f in frames[pos + 2:]] if len(frames) > pos + 2 else []
+        return self._decode(idents, _bytes(frames[pos + 1]), bufs, frames[pos:] if pos else frames)
 
     def _decode(self, idents, env: bytes, bufs: list, frames, header=None) -> Message:
         """Check and decode one envelope and its buffers (`header`: already decoded)."""
@@ -366,7 +364,7 @@ class Payload:
             bufs = shm.offload(bufs, set(stream_indices(parts, self.inl)), hdr)
             self.shm = hdr.get("shm")
         self.bufs = bufs
-        self.blen = [memoryview(b).nbytes for b in bufs]
+        self.blen = [memoryview(b).nbytes for b in bufs] if bufs else []
 
     def release(self) -> None:
         if self.shared and self.shm:
@@ -383,7 +381,7 @@ def serialize_objects(objects) -> tuple[list, list, list, list]:
     inline: list = []
     for obj in objects:
         p = obj.frames if isinstance(obj, Serialized) else serialize(obj)
-        n = memoryview(p[0]).nbytes
+        n = len(p[0]) if type(p[0]) is bytes else memoryview(p[0]).nbytes
         if 0 < n <= INLINE:
             inline.append(p[0])
             inl.append(n)
@@ -415,7 +413,7 @@ def stream_indices(parts, inl=None) -> list:
 
 def _find_delim(frames) -> int:
     for i, f in enumerate(frames):
-        b = f.bytes if hasattr(f, "bytes") else f
+        b = f if type(f) is not zmq.Frame else f.bytes  # bytes or memoryview compare alike
         if b == DELIM or b == BATCH:
             return i
         if i > 8:
@@ -424,8 +422,14 @@ def _find_delim(frames) -> int:
 
 
 def _bytes(f) -> bytes:
-    return f.bytes if hasattr(f, "bytes") else bytes(f)
+    t = type(f)
+    if t is bytes:
+        return f
+    return f.bytes if t is zmq.Frame else bytes(f)
 
 
 def _view(f) -> memoryview:
-    return f.buffer if hasattr(f, "buffer") else memoryview(f)
+    t = type(f)
+    if t is memoryview:
+        return f
+    return f.buffer if t is zmq.Frame else memoryview(f)
