@@ -119,10 +119,10 @@ class DirectTasks:
 
     # --- channels: a waiting thread's own socket to an engine -----------------
     def channel(self, eid):
-        """A socket to engine `eid` for one task the calling thread will wait for
-        reading it (`local.receive(sock, wait=True)`), or None: no direct path,
-        or tasks of this client still out there (it could overtake them).
-        Give it back with `give_back`, or `adopt` if the wait was cut short."""
+        """A `Channel` to engine `eid` for one task the calling thread will wait
+        for (`Channel.wait`), or None: no direct path, or tasks of this client
+        still out there (it could overtake them). Give it back with
+        `give_back`, or `adopt` it if the wait was cut short."""
         if eid not in self._socks or self._out[eid] or self._via_controller.get(eid):
             return None
         free = self._channels.get(eid)
