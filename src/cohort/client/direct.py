@@ -257,7 +257,7 @@ class Channel:
                 if fd == self._wake_r:
                     os.read(self._wake_r, 64)
                     continue
-                messages, alive = local.receive(self.sock)
+                messages, alive = local.receive(self.sock, most=1)  # polled again if not done
                 for frames in messages:
                     handle(frames)
                 if not alive:

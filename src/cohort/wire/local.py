@@ -110,10 +110,13 @@ def send(sock, frames) -> bool:
     return True
 
 
-def receive(sock) -> tuple:
-    """(the messages waiting on `sock`, each a frame list; False if the peer closed)."""
+def receive(sock, most: int = 1 << 30) -> tuple:
+    """(the messages waiting on `sock`, each a frame list; False if the peer closed).
+
+    `most`: stop after that many (a reader that polls again anyway saves the
+    failed read that would say none is left)."""
     out = []
-    while True:
+    while len(out) < most:
         try:
             data = sock.recv(RECORD_MAX + 65536)
         except (BlockingIOError, InterruptedError):
@@ -125,6 +128,7 @@ def receive(sock) -> tuple:
         frames = _split(data)
         if frames is not None:
             out.append(frames)
+    return out, True
 
 
 def _split(data: bytes):
