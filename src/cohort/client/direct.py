@@ -238,6 +238,7 @@ class Channel:
     def __init__(self, sock):
         self.sock = sock
         self._wake_r, self._wake_w = os.pipe()
+        self._pipe_lock = threading.Lock()  # no wake-up written once the pipe is closed
         self._poller = select.poll()
         for fd in (sock.fileno(), self._wake_r):
             self._poller.register(fd, select.POLLIN)
@@ -249,7 +250,9 @@ class Channel:
 
         def wake(_):
             if threading.get_ident() != me:  # answered another way: stop reading
-                os.write(self._wake_w, b"!")
+                with self._pipe_lock:  # (perhaps long after a wait cut short)
+                    if self._wake_w is not None:
+                        os.write(self._wake_w, b"!")
 
         done.add_done_callback(wake)
         while not done.done():
@@ -266,8 +269,10 @@ class Channel:
 
     def detach(self):
         """The socket, for the I/O thread to read; the rest is closed."""
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._pipe_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = None
         return self.sock
 
     def close(self) -> None:
