@@ -346,3 +346,11 @@ def test_an_engine_killed_during_a_blocking_call_fails_it(make_cluster):
     threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
     with pytest.raises(cohort.EngineError, match="engine 0"):
         rc[0].execute("import time; time.sleep(60)", block=True)
+
+
+def test_a_waiting_thread_spins_only_while_its_calls_are_quick(rc):
+    _warm(rc)
+    rc[0].execute("import time; time.sleep(0.05)", block=True)
+    (channel,) = rc._direct._channels[0]
+    assert channel._quick is False  # 50 ms is no quick call: the next wait sleeps at once
+    assert rc[0].apply_sync(lambda: "still answered") == "still answered"

@@ -34,6 +34,11 @@ from ..wire import local
 
 WINDOW = 8  # tasks a client has sent an engine straight, unanswered, at most
 COPY_DELAY = 0.02  # seconds a copy for the controller waits for the task's result (see send)
+# Seconds a thread waiting for a quick call polls its channel before it sleeps: an
+# answer that comes meanwhile finds it running, its core not idled (on a VM an idle
+# core's caches go cold and waking it costs a round through the host). A call
+# that took longer than this is not spun for next time, until one is quick again.
+SPIN = 0.0005
 
 
 class DirectTasks:
@@ -239,6 +244,7 @@ class Channel:
         self.sock = sock
         self._wake_r, self._wake_w = os.pipe()
         self._pipe_lock = threading.Lock()  # no wake-up written once the pipe is closed
+        self._quick = True  # the last call waited for here was answered within SPIN
         self._poller = select.poll()
         for fd in (sock.fileno(), self._wake_r):
             self._poller.register(fd, select.POLLIN)
@@ -255,8 +261,16 @@ class Channel:
                         os.write(self._wake_w, b"!")
 
         done.add_done_callback(wake)
+        start = time.perf_counter()
+        spin_until = start + SPIN if self._quick else 0.0
         while not done.done():
-            for fd, _ in self._poller.poll():
+            if time.perf_counter() < spin_until:
+                events = self._poller.poll(0)
+                if not events:
+                    continue
+            else:
+                events = self._poller.poll()
+            for fd, _ in events:
                 if fd == self._wake_r:
                     os.read(self._wake_r, 64)
                     continue
@@ -265,6 +279,7 @@ class Channel:
                     handle(frames)
                 if not alive:
                     return False
+        self._quick = time.perf_counter() - start < SPIN
         return True
 
     def detach(self):
