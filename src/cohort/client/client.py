@@ -150,7 +150,7 @@ class Client(Sending):
                     received.extend(messages)
                     if not alive:  # the engine is gone: its tasks take the usual way
                         with self._send_lock:
-                            self._direct.close(self._direct.fds.get(fd))
+                            self._direct.close(self._direct.engine_at(fd))
                 if sock in events:
                     received.extend(drain(sock, 64))
             except zmq.ZMQError:

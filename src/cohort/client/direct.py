@@ -51,8 +51,7 @@ class DirectTasks:
         self.hostname = hostname
         self.enabled = enabled
         self._socks: dict = {}            # engine id -> local socket to its task inbox
-        self.fds: dict = {}               # descriptor -> engine id, of the sockets the I/O thread polls
-        self._readers: dict = {}          # those descriptors -> their sockets
+        self.fds: dict = {}               # descriptor -> (engine id, socket) the I/O thread polls
         self._address: dict = {}          # engine id -> its task inbox's address
         self._channels: dict = {}         # engine id -> [channels not in use] (see `channel`)
         self._adopted: dict = {}          # engine id -> [channels handed to the I/O thread]
@@ -81,8 +80,7 @@ class DirectTasks:
 
     def _read(self, eid, sock) -> None:
         """Have the I/O thread read `sock` (engine `eid`'s)."""
-        self.fds[sock.fileno()] = eid
-        self._readers[sock.fileno()] = sock
+        self.fds[sock.fileno()] = (eid, sock)
         self.changed = True
 
     def close(self, eid) -> None:
@@ -91,15 +89,14 @@ class DirectTasks:
         socks = self._adopted.pop(eid, [])
         sock = self._socks.pop(eid, None)
         for sock in socks + ([sock] if sock is not None else []):
-            if self._readers.pop(sock.fileno(), None) is not None:
-                self.fds.pop(sock.fileno(), None)
+            if self.fds.pop(sock.fileno(), None) is not None:
                 self.changed = True
             sock.close()
 
     def close_all(self) -> list:
         """Close every socket; return the messages still unread on them."""
         unread = []
-        for sock in list(self._readers.values()):
+        for _, sock in list(self.fds.values()):
             unread.extend(local.receive(sock)[0])
         for eid in list(self._socks):
             self.close(eid)
@@ -117,10 +114,15 @@ class DirectTasks:
 
     def receive(self, fd) -> tuple:
         """(the messages engine `fds[fd]` sent back, False if it is gone) (the I/O thread's)."""
-        sock = self._readers.get(fd)
-        if sock is None:
+        entry = self.fds.get(fd)
+        if entry is None:
             return [], True
-        return local.receive(sock)
+        return local.receive(entry[1])
+
+    def engine_at(self, fd):
+        """The id of the engine at the other end of descriptor `fd` (None: closed)."""
+        entry = self.fds.get(fd)
+        return None if entry is None else entry[0]
 
     # --- channels: a waiting thread's own socket to an engine -----------------
     def channel(self, eid):
